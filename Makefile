@@ -1,0 +1,45 @@
+# dlpl_jax — two commands do all the set-up:
+#   make train   [CONFIG=experiments/cifar10_4shot.py] [WORKDIR=runs/NAME] [ARGS="--config.x=y"]
+#   make test    (fast suite; `make test-slow` adds the slow marker)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+CONFIG  ?= experiments/cifar10_4shot.py
+WORKDIR ?= runs/$(basename $(notdir $(firstword $(subst :, ,$(CONFIG)))))$(if $(findstring :,$(CONFIG)),-$(lastword $(subst :, ,$(CONFIG))))
+ARGS    ?=
+# The offline CIFAR-10 beside the checkout, when present (see ../shared/DATA.md).
+ifneq ($(wildcard ../shared/tensorflow_datasets),)
+export TFDS_DATA_DIR ?= $(abspath ../shared/tensorflow_datasets)
+endif
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install train test test-slow bench analyze study clean
+
+# (Re)install when the venv is missing or pyproject.toml / the lock changed.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m dlpl_jax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m dlpl_jax.bench --config=$(CONFIG) $(ARGS)
+
+analyze: $(STAMP)
+	$(PY) -m dlpl_jax.analyze $(WORKDIR) $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

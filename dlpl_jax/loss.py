@@ -1,0 +1,152 @@
+"""Per-example losses of DebiasPL: the adaptive margin loss and plain cross-entropy.
+
+Pure functions of arrays. They return one value per example; the caller masks and
+reduces (as in optax's losses).
+
+References:
+  Sohn et al., FixMatch, NeurIPS 2020, https://arxiv.org/abs/2001.07685
+  Wang et al., Debiased Learning from Naturally Imbalanced Pseudo-Labels (DebiasPL),
+  CVPR 2022, https://arxiv.org/abs/2201.01490
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from dlpl_jax import _checks
+
+# Entries of the class marginal are floored here before the log, so that a zero (or
+# underflowed) entry gives log(1e-12) ~ -27.6 instead of -inf: no NaN or inf in the
+# loss or its gradient. A true marginal estimated from softmax outputs never gets this
+# small in practice (softmax probabilities are >= ~1e-38 and the EMA mixes them).
+MARGINAL_FLOOR = 1e-12
+
+
+def log_marginal(marginal: ArrayLike) -> jax.Array:
+  """log(max(marginal, MARGINAL_FLOOR)), computed in at least float32.
+
+  Args:
+    marginal: class marginal ``[C]``.
+
+  Returns:
+    ``[C]`` log-marginal, finite for any non-negative input.
+  """
+  marginal = jnp.asarray(marginal)
+  marginal = marginal.astype(_checks.compute_dtype(marginal))
+  return jnp.log(jnp.maximum(marginal, MARGINAL_FLOOR))
+
+
+def _check_labels(logits: jax.Array, labels) -> None:
+  _checks.check_rank("labels", labels, 1, "[B] integer class ids")
+  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    raise ValueError(
+        f"labels must be integer class ids, got dtype {jnp.result_type(labels)}")
+  if jnp.shape(labels)[0] != logits.shape[0]:
+    raise ValueError(
+        f"labels of shape {jnp.shape(labels)} do not match logits of shape "
+        f"{logits.shape}: batch sizes differ")
+  if not isinstance(labels, jax.core.Tracer):
+    lab = jax.device_get(labels)
+    if lab.size and (lab.min() < 0 or lab.max() >= logits.shape[-1]):
+      raise ValueError(
+          f"labels must lie in [0, {logits.shape[-1]}), got values in "
+          f"[{lab.min()}, {lab.max()}]")
+
+
+def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+  r"""Per-example softmax cross-entropy with integer labels.
+
+  .. math::
+    \ell_i = \log \sum_c e^{z_{ic}} - z_{i y_i}
+
+  Args:
+    logits: ``[B, C]`` float logits (bfloat16 is computed in float32).
+    labels: ``[B]`` integer class ids in ``[0, C)``. Out-of-range ids are refused
+      with ``ValueError`` when the labels are concrete; under ``jit`` (where their
+      values are unknown) they give NaN for that example, never a silent number.
+
+  Returns:
+    ``[B]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from dlpl_jax.loss import cross_entropy
+    >>> print(cross_entropy(jnp.array([[2.0, 1.0, 0.0]]), jnp.array([0])).round(4))
+    [0.4076]
+  """
+  logits = jnp.asarray(logits)
+  _checks.check_rank("logits", logits, 2, "[B, C]")
+  _checks.check_float("logits", logits)
+  _check_labels(logits, labels)
+  logits = logits.astype(_checks.compute_dtype(logits))
+  labels = jnp.asarray(labels)
+  num_classes = logits.shape[-1]
+  valid = (labels >= 0) & (labels < num_classes)
+  safe = jnp.where(valid, labels, 0)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, safe[:, None], axis=-1)[:, 0]
+  return jnp.where(valid, log_z - picked, jnp.nan)
+
+
+def adaptive_margin(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    marginal: ArrayLike,
+    tau: float | ArrayLike = 0.4,
+) -> jax.Array:
+  r"""DebiasPL's adaptive margin loss, per example.
+
+  Cross-entropy of the logits shifted by ``tau`` times the log class marginal, which
+  enlarges the margin required of classes that are predicted rarely (small
+  :math:`\hat p_c`) and shrinks it for classes that are over-predicted:
+
+  .. math::
+    \ell_i = \mathrm{CE}\big(z_i + \tau \log \hat p,\; y_i\big)
+           = \log \sum_c e^{z_{ic} + \tau \log \hat p_c} - z_{i y_i} - \tau \log \hat p_{y_i}
+
+  Marginal entries are floored at :data:`MARGINAL_FLOOR` (1e-12) before the log, so a
+  zero entry never yields NaN/inf in the loss or its gradient. ``tau = 0`` (or a uniform
+  marginal) gives plain cross-entropy.
+
+  Args:
+    logits: ``[B, C]`` float logits, e.g. of the strong view (bfloat16 is computed in
+      float32).
+    labels: ``[B]`` integer targets in ``[0, C)`` (e.g. pseudo-labels).
+    marginal: ``[C]`` class marginal :math:`\hat p` (non-negative, sums to 1).
+    tau: margin strength :math:`\tau \ge 0` (0.4 in the paper's scripts).
+
+  Returns:
+    ``[B]`` float32 per-example losses. Mask and average them yourself.
+
+  Raises:
+    ValueError: at trace time, for wrong ranks, a class-count mismatch between logits
+      and marginal, non-integer labels, or a concrete ``tau < 0``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from dlpl_jax.loss import adaptive_margin
+    >>> logits = jnp.array([[2.0, 1.0, 0.0]])
+    >>> labels = jnp.array([0])
+    >>> marginal = jnp.array([0.5, 0.25, 0.25])
+    >>> print(adaptive_margin(logits, labels, marginal, tau=1.0).round(4))
+    [0.2244]
+
+  References:
+    Wang et al., Debiased Learning from Naturally Imbalanced Pseudo-Labels, CVPR 2022,
+    https://arxiv.org/abs/2201.01490 (Eq. 4); Menon et al., logit adjustment,
+    https://arxiv.org/abs/2007.07314. Used on FixMatch's strong view,
+    https://arxiv.org/abs/2001.07685.
+  """
+  logits = jnp.asarray(logits)
+  _checks.check_rank("logits", logits, 2, "[B, C]")
+  _checks.check_float("logits", logits)
+  _checks.check_rank("marginal", marginal, 1, "[C]")
+  _checks.check_classes("logits", logits, marginal)
+  _checks.check_non_negative("tau", tau)
+  _check_labels(logits, labels)
+  logits = logits.astype(_checks.compute_dtype(logits))
+  shifted = logits + jnp.asarray(tau, logits.dtype) * log_marginal(marginal).astype(
+      logits.dtype)
+  return cross_entropy(shifted, labels)

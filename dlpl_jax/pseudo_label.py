@@ -1,0 +1,233 @@
+"""Pseudo-labels of FixMatch and DebiasPL, the class-marginal EMA, the unlabeled loss.
+
+Pure functions of arrays. The order of one DebiasPL step (METHOD.md):
+
+1. ``q = debias(z_w, p̂, tau)`` with the marginal from BEFORE this step's update;
+   ``ŷ, mask = hard_labels(q, threshold)``.
+2. ``p̂ ← update_marginal(p̂, softmax(z_w), momentum)`` from the RAW weak probabilities.
+3. ``L_u = mean(mask · adaptive_margin(z_s, ŷ, p̂_new, tau))``.
+
+:func:`unlabeled_loss` does the three in this order; ``tau = 0`` is FixMatch exactly.
+
+References:
+  Sohn et al., FixMatch, NeurIPS 2020, https://arxiv.org/abs/2001.07685
+  Wang et al., DebiasPL, CVPR 2022, https://arxiv.org/abs/2201.01490
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from dlpl_jax import _checks
+from dlpl_jax import loss as loss_lib
+
+
+def debias(logits: ArrayLike, marginal: ArrayLike, tau: float | ArrayLike = 0.4) -> jax.Array:
+  r"""Debiased pseudo-label distribution (DebiasPL's counterfactual step).
+
+  .. math::
+    q = \mathrm{softmax}\big(\mathrm{sg}(z) - \tau \log \hat p\big)
+
+  where sg is ``jax.lax.stop_gradient``: no gradient reaches the logits through the
+  pseudo-label. The marginal is floored at :data:`dlpl_jax.loss.MARGINAL_FLOOR` before
+  the log. ``tau = 0`` or a uniform marginal gives ``softmax(z)``.
+
+  Args:
+    logits: ``[B, C]`` logits of the weak view (bfloat16 is computed in float32).
+    marginal: ``[C]`` class marginal :math:`\hat p`, the one from before this step's
+      update.
+    tau: debiasing strength :math:`\tau \ge 0`.
+
+  Returns:
+    ``[B, C]`` float32 probabilities.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from dlpl_jax.pseudo_label import debias
+    >>> q = debias(jnp.array([[2.0, 1.0, 0.0]]), jnp.array([0.5, 0.25, 0.25]), tau=1.0)
+    >>> print(q.round(4))
+    [[0.4984 0.3667 0.1349]]
+
+  References:
+    Wang et al., DebiasPL, https://arxiv.org/abs/2201.01490 (Eq. 3).
+  """
+  logits = jnp.asarray(logits)
+  _checks.check_rank("logits", logits, 2, "[B, C]")
+  _checks.check_float("logits", logits)
+  _checks.check_rank("marginal", marginal, 1, "[C]")
+  _checks.check_classes("logits", logits, marginal)
+  _checks.check_non_negative("tau", tau)
+  logits = jax.lax.stop_gradient(logits.astype(_checks.compute_dtype(logits)))
+  log_p = jax.lax.stop_gradient(loss_lib.log_marginal(marginal)).astype(logits.dtype)
+  return jax.nn.softmax(logits - jnp.asarray(tau, logits.dtype) * log_p, axis=-1)
+
+
+def update_marginal(
+    marginal: ArrayLike,
+    probs: ArrayLike,
+    momentum: float | ArrayLike = 0.999,
+    axis_name: str | None = None,
+) -> jax.Array:
+  r"""One EMA step of the class marginal from a batch of probabilities.
+
+  .. math::
+    \hat p \leftarrow m \hat p + (1 - m) \frac{1}{B} \sum_{i=1}^{B} p_i
+
+  The mean is over the batch axis only, per class (averaging the whole matrix to a
+  scalar would keep :math:`\hat p` uniform and make DebiasPL a silent no-op). Pass the
+  RAW softmax of the weak logits, not the debiased probabilities. Under ``jax.jit``
+  with a sharded batch the mean is already global; inside ``shard_map``/``pmap`` give
+  ``axis_name`` to average over devices (omit it to keep one marginal per device, as
+  the official PyTorch code does). No gradient flows through the result.
+
+  Args:
+    marginal: ``[C]`` current estimate, non-negative and summing to 1.
+    probs: ``[B, C]`` probabilities (rows sum to 1).
+    momentum: EMA momentum :math:`m \in [0, 1]` (0.999 default; 0.99 in the official
+      short runs).
+    axis_name: optional mapped axis to average the batch mean over.
+
+  Returns:
+    ``[C]`` updated marginal, still a probability vector.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from dlpl_jax.pseudo_label import update_marginal
+    >>> probs = jnp.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
+    >>> print(update_marginal(jnp.ones(3) / 3, probs, momentum=0.5).round(4))
+    [0.5417 0.2917 0.1667]
+
+  References:
+    Wang et al., DebiasPL, https://arxiv.org/abs/2201.01490 (Eq. 2).
+  """
+  probs = jnp.asarray(probs)
+  _checks.check_rank("probs", probs, 2, "[B, C]")
+  _checks.check_float("probs", probs)
+  _checks.check_rank("marginal", marginal, 1, "[C]")
+  _checks.check_classes("probs", probs, marginal)
+  _checks.check_unit_interval("momentum", momentum)
+  marginal = jnp.asarray(marginal)
+  dtype = jnp.promote_types(_checks.compute_dtype(marginal), _checks.compute_dtype(probs))
+  batch_mean = jnp.mean(jax.lax.stop_gradient(probs).astype(dtype), axis=0)
+  if axis_name is not None:
+    batch_mean = jax.lax.pmean(batch_mean, axis_name)
+  m = jnp.asarray(momentum, dtype)
+  return jax.lax.stop_gradient(m * marginal.astype(dtype) + (1 - m) * batch_mean)
+
+
+def hard_labels(probs: ArrayLike, threshold: float | ArrayLike = 0.95) -> tuple[jax.Array, jax.Array]:
+  r"""Hard pseudo-labels and FixMatch's confidence mask.
+
+  .. math::
+    \hat y_i = \arg\max_c q_{ic}, \qquad
+    \mathrm{mask}_i = [\max_c q_{ic} \ge \text{threshold}]
+
+  Args:
+    probs: ``[B, C]`` (debiased) pseudo-label probabilities.
+    threshold: confidence threshold in ``[0, 1]`` (FixMatch: 0.95); greater-or-equal.
+
+  Returns:
+    ``(labels, mask)``: ``[B]`` int32 class ids and ``[B]`` float32 mask in {0, 1}.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from dlpl_jax.pseudo_label import hard_labels
+    >>> labels, mask = hard_labels(jnp.array([[0.1, 0.9], [0.95, 0.05]]), 0.95)
+    >>> print(labels, mask)
+    [1 0] [0. 1.]
+  """
+  probs = jnp.asarray(probs)
+  _checks.check_rank("probs", probs, 2, "[B, C]")
+  _checks.check_float("probs", probs)
+  _checks.check_unit_interval("threshold", threshold)
+  probs = jax.lax.stop_gradient(probs.astype(_checks.compute_dtype(probs)))
+  labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  mask = (jnp.max(probs, axis=-1) >= jnp.asarray(threshold, probs.dtype)).astype(jnp.float32)
+  return labels, mask
+
+
+class UnlabeledLoss(NamedTuple):
+  """What :func:`unlabeled_loss` returns.
+
+  Attributes:
+    loss: scalar float32, ``mean_i(mask_i * CE_i)`` over the unlabeled batch.
+    marginal: ``[C]`` the updated class marginal (store it in the train state).
+    labels: ``[B]`` int32 hard pseudo-labels.
+    mask: ``[B]`` float32 confidence mask.
+    confidence: ``[B]`` float32 max of the (debiased) pseudo-label distribution.
+  """
+  loss: jax.Array
+  marginal: jax.Array
+  labels: jax.Array
+  mask: jax.Array
+  confidence: jax.Array
+
+
+def unlabeled_loss(
+    weak_logits: ArrayLike,
+    strong_logits: ArrayLike,
+    marginal: ArrayLike,
+    tau: float | ArrayLike = 0.4,
+    threshold: float | ArrayLike = 0.95,
+    momentum: float | ArrayLike = 0.999,
+    axis_name: str | None = None,
+) -> UnlabeledLoss:
+  r"""The unlabeled loss of DebiasPL (``tau > 0``) or FixMatch (``tau = 0``).
+
+  In METHOD.md's order:
+
+  .. math::
+    q &= \mathrm{softmax}(\mathrm{sg}(z_w) - \tau \log \hat p_{t-1}), \quad
+    \hat y = \arg\max q, \quad \mathrm{mask} = [\max q \ge \text{threshold}] \\
+    \hat p_t &= m \hat p_{t-1} + (1-m)\,\mathrm{mean}_i\,\mathrm{softmax}(\mathrm{sg}(z_w))_i \\
+    L_u &= \frac{1}{B} \sum_i \mathrm{mask}_i \,\mathrm{CE}(z_{s,i} + \tau \log \hat p_t, \hat y_i)
+
+  With ``tau = 0`` the pseudo-labels, mask and loss are FixMatch's exactly; the
+  marginal is still tracked (it then measures FixMatch's pseudo-label bias).
+
+  Args:
+    weak_logits: ``[B, C]`` logits of the weak views (no gradient flows through them).
+    strong_logits: ``[B, C]`` logits of the strong views of the same images.
+    marginal: ``[C]`` class marginal before this step.
+    tau: debiasing / margin strength (0 = FixMatch, 0.4 = DebiasPL default).
+    threshold: confidence threshold in ``[0, 1]``.
+    momentum: marginal EMA momentum in ``[0, 1]``.
+    axis_name: optional mapped axis for the marginal's batch mean (see
+      :func:`update_marginal`); not needed under ``jax.jit`` with sharded arrays.
+
+  Returns:
+    An :class:`UnlabeledLoss` ``(loss, marginal, labels, mask, confidence)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from dlpl_jax.pseudo_label import unlabeled_loss
+    >>> weak = jnp.array([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> strong = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> out = unlabeled_loss(weak, strong, jnp.ones(3) / 3, tau=0.4, threshold=0.9)
+    >>> print(out.labels, out.mask, out.loss.round(4))
+    [0 1] [1. 0.] 0.2756
+
+  References:
+    Sohn et al., FixMatch, https://arxiv.org/abs/2001.07685 (Eq. 2);
+    Wang et al., DebiasPL, https://arxiv.org/abs/2201.01490 (Algorithm 1).
+  """
+  weak_logits = jnp.asarray(weak_logits)
+  strong_logits = jnp.asarray(strong_logits)
+  _checks.check_rank("weak_logits", weak_logits, 2, "[B, C]")
+  _checks.check_rank("strong_logits", strong_logits, 2, "[B, C]")
+  if weak_logits.shape != strong_logits.shape:
+    raise ValueError(
+        f"weak_logits {weak_logits.shape} and strong_logits {strong_logits.shape} "
+        "must have the same shape [B, C]")
+  q = debias(weak_logits, marginal, tau)
+  labels, mask = hard_labels(q, threshold)
+  raw = jax.nn.softmax(
+      jax.lax.stop_gradient(weak_logits.astype(_checks.compute_dtype(weak_logits))), axis=-1)
+  new_marginal = update_marginal(marginal, raw, momentum, axis_name=axis_name)
+  per_example = loss_lib.adaptive_margin(strong_logits, labels, new_marginal, tau)
+  loss = jnp.mean(mask * per_example)
+  return UnlabeledLoss(loss, new_marginal, labels, mask, jnp.max(q, axis=-1))
