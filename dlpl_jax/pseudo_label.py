@@ -49,7 +49,8 @@ def debias(logits: ArrayLike, marginal: ArrayLike, tau: float | ArrayLike = 0.4)
     >>> import jax.numpy as jnp
     >>> from dlpl_jax.pseudo_label import debias
     >>> q = debias(jnp.array([[2.0, 1.0, 0.0]]), jnp.array([0.5, 0.25, 0.25]), tau=1.0)
-    >>> print(q.round(4))
+    >>> import numpy as np
+    >>> print(np.asarray(q, np.float64).round(4))
     [[0.4984 0.3667 0.1349]]
 
   References:
@@ -115,8 +116,16 @@ def update_marginal(
   batch_mean = jnp.mean(jax.lax.stop_gradient(probs).astype(dtype), axis=0)
   if axis_name is not None:
     batch_mean = jax.lax.pmean(batch_mean, axis_name)
-  m = jnp.asarray(momentum, dtype)
-  return jax.lax.stop_gradient(m * marginal.astype(dtype) + (1 - m) * batch_mean)
+  # Written as p + (1 - m)(mean - p): the same EMA, but rounding errors in the sum
+  # contract instead of compounding (m*p + (1-m)*mean in float32 drifts ~1e-5 off the
+  # simplex over 2e4 steps at m = 0.999, because float32(0.999) + float32(0.001) != 1).
+  m_value = _checks.concrete_float(momentum)
+  if m_value is not None:  # 1 - m in double precision, then rounded once
+    one_minus_m = jnp.asarray(1.0 - m_value, dtype)
+  else:
+    one_minus_m = 1 - jnp.asarray(momentum, dtype)
+  marginal = marginal.astype(dtype)
+  return jax.lax.stop_gradient(marginal + one_minus_m * (batch_mean - marginal))
 
 
 def hard_labels(probs: ArrayLike, threshold: float | ArrayLike = 0.95) -> tuple[jax.Array, jax.Array]:
