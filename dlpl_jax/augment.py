@@ -1,0 +1,781 @@
+"""FixMatch's weak and strong views as pure, jit-compiled JAX functions.
+
+The two functions the trainer calls::
+
+  weak(key, images)    # [B, H, W, 3] uint8 or float in [0, 255] -> float32 [B, H, W, 3]
+  strong(key, images)  # same contract
+
+Both draw independent randomness per image (the key is split into ``B`` keys and the
+per-image function is vmapped), contain no Python branching on array values, are
+deterministic for a given key, and return float32 values in [0, 255] (integers, as
+from a uint8 image). ``strong`` rounds float inputs to the nearest integer first (the
+reference works on uint8 PIL images), so a uint8 image and its float copy give the same
+views; ``weak`` only moves pixels and keeps values as they are.
+
+Reference followed (exactly, op by op): kekmodel/FixMatch-pytorch,
+``dataset/cifar.py`` ``TransformFixMatch`` and ``dataset/randaugment.py``
+``RandAugmentMC(n=2, m=10)`` with ``fixmatch_augment_pool()``, i.e. the
+RandAugment variant of the FixMatch paper as commonly reproduced in PyTorch:
+
+* weak   = RandomHorizontalFlip(p=0.5), then RandomCrop(32, padding=int(32*0.125)=4,
+  padding_mode='reflect') -- a translation by -4..4 px in x and y with reflect padding.
+* strong = the same flip + crop, then RandAugmentMC, then CutoutAbs(16):
+
+  - 2 ops drawn uniformly with replacement from the 14 ops below;
+  - for each: level ``v ~ randint(1, 10)`` (1..9), and the op is applied with
+    probability 0.5;
+  - magnitudes (``_float(v, m) = v*m/10``, ``_int(v, m) = int(v*m/10)``):
+
+    ================  ===========================================  =================
+    op                argument                                     range
+    ================  ===========================================  =================
+    AutoContrast      --                                           --
+    Brightness        factor ``_float(v, 0.9) + 0.05``             0.14 .. 0.86
+    Color             factor ``_float(v, 0.9) + 0.05``             0.14 .. 0.86
+    Contrast          factor ``_float(v, 0.9) + 0.05``             0.14 .. 0.86
+    Equalize          --                                           --
+    Identity          --                                           --
+    Posterize         bits ``_int(v, 4) + 4``                      4 .. 7
+    Rotate            degrees ``±_int(v, 30)``                     ±3 .. ±27
+    Sharpness         factor ``_float(v, 0.9) + 0.05``             0.14 .. 0.86
+    ShearX / ShearY   ``±_float(v, 0.3)``                          ±0.03 .. ±0.27
+    Solarize          threshold ``256 - _int(v, 256)``             26 .. 231
+    TranslateX / Y    pixels ``int(±_float(v, 0.3) * side)``       0 .. ±8 (32 px)
+    ================  ===========================================  =================
+
+    (the sign is a fair coin; the enhance factors are always < 1 in this reference);
+  - Cutout: a square of side 16 = ``int(32 * 0.5)`` (``side // 2`` here) centred at a
+    point drawn uniformly in the image; PIL's ``ImageDraw.rectangle`` includes both
+    corners, so the square is 17x17 where it is not clipped by the border; gray 127.
+
+  Geometric ops use PIL's defaults as the reference calls them: nearest-neighbour
+  sampling and fill 0 (black) outside the image -- kekmodel passes no ``fillcolor``
+  (the (128, 128, 128) fill is from other RandAugment ports, not this one). Rotation is
+  about the image centre; shear and translation follow PIL's affine convention
+  (output pixel (x, y) samples the input at ``(a x + b y + c, d x + e y + f)``, pixel
+  centres at +0.5), so ``TranslateX`` by +t moves content *left* by t pixels.
+
+Exactness: every op reproduces Pillow's integer arithmetic (16.16 fixed-point affine
+nearest sampling, the 601-2 luma ``L = (19595 R + 38470 G + 7471 B + 2^15) >> 16``, the
+float32 blend and truncation of ``Image.blend``, the 3x3 SMOOTH filter with copied
+border, ``ImageOps.equalize``'s integer LUT, ``autocontrast``'s double-precision LUT via
+a small table of the entries where float64 rounding lands one below the exact value).
+``strong`` with the parameters of :func:`sample_strong_params` equals Pillow applied
+with the same parameters, pixel for pixel (``tests/test_augment.py`` checks it on real
+CIFAR-10). The single-image op functions that take a float magnitude (``rotate``,
+``shear_x``, ...) compute their fixed-point matrix in float32, which can move a sample
+by one fixed-point unit relative to Pillow's double: a rare single-pixel difference.
+
+How it runs fast under vmap: ``lax.switch`` on a per-image op index becomes a select of
+all 14 branches under vmap. Instead each of the 2 op slots is three stages, each one
+cheap and shared by several ops, with identity parameters when its ops are not drawn:
+
+  1. a per-channel 256-entry LUT (AutoContrast, Equalize, Posterize, Solarize), built
+     from one histogram and applied with one gather;
+  2. ``floor(deg + f * (x - deg))`` (Brightness: deg = 0, Color: deg = luma, Contrast:
+     deg = mean luma, Sharpness: deg = SMOOTH(x)), elementwise;
+  3. a 16.16 fixed-point affine warp (Rotate, ShearX/Y, TranslateX/Y), one gather,
+     with the fixed-point matrices tabulated per (op, level, sign) in float64 numpy.
+
+Shapes: "image" below means float32 ``[H, W, 3]`` holding integers in [0, 255];
+"images" means ``[B, H, W, 3]``. Magnitude arguments are scalars (traced or not).
+
+CLI: ``python -m dlpl_jax.augment --show [--out PATH] [--n 8] [--seed 0]`` writes a PNG
+grid of real CIFAR-10 test images (rows: original, weak, 3 strong views).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import pathlib
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ----------------------------------------------------------------------------------
+# Constants of the reference (kekmodel/FixMatch-pytorch).
+
+OP_NAMES = (
+    "AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity",
+    "Posterize", "Rotate", "Sharpness", "ShearX", "ShearY", "Solarize",
+    "TranslateX", "TranslateY",
+)  # fixmatch_augment_pool() order
+(AUTO_CONTRAST, BRIGHTNESS, COLOR, CONTRAST, EQUALIZE, IDENTITY, POSTERIZE, ROTATE,
+ SHARPNESS, SHEAR_X, SHEAR_Y, SOLARIZE, TRANSLATE_X, TRANSLATE_Y) = range(14)
+NUM_OPS = len(OP_NAMES)
+
+N_OPS_PER_IMAGE = 2    # RandAugmentMC(n=2, ...)
+MAX_LEVEL = 10         # RandAugmentMC(..., m=10): level v ~ randint(1, 10), i.e. 1..9
+PARAMETER_MAX = 10
+OP_PROB = 0.5          # each drawn op is applied with probability 0.5
+PAD_FRACTION = 0.125   # weak: RandomCrop(32, padding=int(32 * 0.125), 'reflect')
+CUTOUT_FRACTION = 0.5  # CutoutAbs(img, int(32 * 0.5))
+CUTOUT_FILL = 127.0
+AFFINE_FILL = 0.0      # PIL's transform/rotate default (no fillcolor in the reference)
+
+_ENHANCE_OPS = (BRIGHTNESS, COLOR, CONTRAST, SHARPNESS)
+_GEOMETRIC_OPS = (ROTATE, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y)
+
+
+def _float_parameter(v, max_v) -> float:
+  return float(v) * max_v / PARAMETER_MAX
+
+
+def _int_parameter(v, max_v) -> int:
+  return int(v * max_v / PARAMETER_MAX)
+
+
+def level_to_arg(op: int | str, level: int, negate: bool = False,
+                 size: tuple[int, int] = (32, 32)):
+  """The reference's argument of ``op`` at integer ``level`` (Python, exact).
+
+  Args:
+    op: index into :data:`OP_NAMES` or the name.
+    level: ``v`` in 1..9 (0 is allowed and gives the weakest magnitude).
+    negate: the reference's random sign (Rotate, Shear*, Translate* only).
+    size: image ``(height, width)``; TranslateX uses the width, TranslateY the height.
+
+  Returns:
+    enhance factor (float), posterize bits (int), degrees (int), shear (float),
+    solarize threshold (int), translation in pixels (int), or None for ops without
+    a magnitude.
+  """
+  op = OP_NAMES.index(op) if isinstance(op, str) else int(op)
+  sign = -1 if negate else 1
+  if op in _ENHANCE_OPS:
+    return _float_parameter(level, 0.9) + 0.05
+  if op == POSTERIZE:
+    return _int_parameter(level, 4) + 4
+  if op == ROTATE:
+    return sign * _int_parameter(level, 30)
+  if op in (SHEAR_X, SHEAR_Y):
+    return sign * _float_parameter(level, 0.3)
+  if op == SOLARIZE:
+    return 256 - _int_parameter(level, 256)
+  if op in (TRANSLATE_X, TRANSLATE_Y):
+    v = sign * _float_parameter(level, 0.3)
+    return int(v * (size[1] if op == TRANSLATE_X else size[0]))
+  return None
+
+
+# ----------------------------------------------------------------------------------
+# Affine matrices (PIL's AFFINE data: output (x, y) samples input (a x + b y + c,
+# d x + e y + f)) and their 16.16 fixed-point form as Pillow's affine_fixed uses it.
+
+def _rotate_matrix_py(degrees: float, height: int, width: int) -> tuple[float, ...]:
+  """Pillow's Image.rotate matrix (expand=False, centre (w/2, h/2)), in float64."""
+  angle = -math.radians(degrees % 360.0)
+  a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+  d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+  cx, cy = width / 2, height / 2
+  c = a * -cx + b * -cy + 0.0 + cx
+  f = d * -cx + e * -cy + 0.0 + cy
+  return (a, b, c, d, e, f)
+
+
+def _matrix_py(op: int, arg, height: int, width: int) -> tuple[float, ...]:
+  if op == ROTATE:
+    return _rotate_matrix_py(arg, height, width)
+  if op == SHEAR_X:
+    return (1.0, arg, 0.0, 0.0, 1.0, 0.0)
+  if op == SHEAR_Y:
+    return (1.0, 0.0, 0.0, arg, 1.0, 0.0)
+  if op == TRANSLATE_X:
+    return (1.0, 0.0, float(arg), 0.0, 1.0, 0.0)
+  if op == TRANSLATE_Y:
+    return (1.0, 0.0, 0.0, 0.0, 1.0, float(arg))
+  return (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _fix_py(m) -> list[int]:
+  """Pillow's FIX(v) = floor(v * 65536 + 0.5) of (a, b, c + a/2 + b/2, d, e, f + d/2 + e/2)."""
+  fix = lambda v: math.floor(v * 65536.0 + 0.5)
+  a, b, c, d, e, f = m
+  return [fix(a), fix(b), fix(c + a * 0.5 + b * 0.5),
+          fix(d), fix(e), fix(f + d * 0.5 + e * 0.5)]
+
+
+_IDENTITY_FIX = tuple(_fix_py((1.0, 0.0, 0.0, 0.0, 1.0, 0.0)))
+
+
+class _Tables(NamedTuple):
+  affine_fix: np.ndarray  # int32 [NUM_OPS, MAX_LEVEL, 2 (negate), 6]
+  factor: np.ndarray      # float32 [NUM_OPS, MAX_LEVEL]; 1.0 for non-enhance ops
+  bits: np.ndarray        # int32 [MAX_LEVEL]
+  threshold: np.ndarray   # int32 [MAX_LEVEL]
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(height: int, width: int) -> _Tables:
+  """Per-(op, level, sign) arguments, computed in float64 like the reference."""
+  affine = np.zeros((NUM_OPS, MAX_LEVEL, 2, 6), np.int64)
+  factor = np.ones((NUM_OPS, MAX_LEVEL), np.float32)
+  bits = np.full((MAX_LEVEL,), 8, np.int32)
+  thr = np.full((MAX_LEVEL,), 256, np.int32)
+  for op in range(NUM_OPS):
+    for v in range(MAX_LEVEL):
+      for neg in (0, 1):
+        arg = level_to_arg(op, v, bool(neg), (height, width))
+        affine[op, v, neg] = _fix_py(_matrix_py(op, arg, height, width))
+      if op in _ENHANCE_OPS:
+        factor[op, v] = np.float32(level_to_arg(op, v))
+  for v in range(MAX_LEVEL):
+    bits[v] = level_to_arg(POSTERIZE, v)
+    thr[v] = level_to_arg(SOLARIZE, v)
+  assert np.abs(affine).max() < 2**31
+  return _Tables(affine.astype(np.int32), factor, bits, thr)
+
+
+@functools.lru_cache(maxsize=None)
+def _autocontrast_keys() -> np.ndarray:
+  """Sorted ``lo * 65536 + hi * 256 + i`` where Pillow's autocontrast LUT is one below
+  ``(255 * (i - lo)) // (hi - lo)``: Pillow evaluates ``int(i * scale + offset)`` in
+  float64, which falls just under an exact integer for ~12k of the ~2.8M entries."""
+  keys = []
+  for d in range(1, 256):
+    lo = np.arange(0, 256 - d, dtype=np.int64)[:, None]
+    k = np.arange(0, d + 1, dtype=np.int64)[None, :]
+    i = lo + k
+    scale = 255.0 / d
+    pil = np.floor(i * scale + (-lo * scale)).astype(np.int64)
+    exact = (255 * k) // d
+    lo_b, k_b = np.nonzero(pil != exact)
+    lo_v = lo[lo_b, 0]
+    keys.append(lo_v * 65536 + (lo_v + d) * 256 + (lo_v + k_b))
+  return np.sort(np.concatenate(keys)).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------
+# Single-image primitives. image: float32 [H, W, 3], integer values in [0, 255].
+
+def _to_image(images) -> jax.Array:
+  """float32, rounded to integers and clipped to [0, 255] (uint8 semantics)."""
+  x = jnp.asarray(images)
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return jnp.clip(x, 0, 255).astype(jnp.float32)
+  return jnp.clip(jnp.round(x.astype(jnp.float32)), 0.0, 255.0)
+
+
+def _channel_offsets(c: int) -> jax.Array:
+  return jnp.arange(c, dtype=jnp.int32) * 256
+
+
+def apply_lut(img: jax.Array, lut: jax.Array) -> jax.Array:
+  """Per-channel lookup: ``out[..., c] = lut[c, img[..., c]]``.
+
+  Args:
+    img: image ``[H, W, C]`` (integer values 0..255).
+    lut: ``[C, 256]``.
+
+  Returns:
+    float32 ``[H, W, C]``.
+  """
+  idx = img.astype(jnp.int32) + _channel_offsets(img.shape[-1])
+  return jnp.take(lut.reshape(-1).astype(jnp.float32), idx, mode="clip")
+
+
+def histogram(img: jax.Array) -> jax.Array:
+  """Per-channel 256-bin histogram, int32 ``[C, 256]`` of an image ``[H, W, C]``."""
+  c = img.shape[-1]
+  idx = (img.astype(jnp.int32) + _channel_offsets(c)).reshape(-1)
+  return jnp.zeros((c * 256,), jnp.int32).at[idx].add(1, mode="drop").reshape(c, 256)
+
+
+def _lo_hi(hist: jax.Array) -> tuple[jax.Array, jax.Array]:
+  nz = hist > 0
+  lo = jnp.argmax(nz, axis=-1).astype(jnp.int32)
+  hi = (255 - jnp.argmax(nz[:, ::-1], axis=-1)).astype(jnp.int32)
+  return lo, hi
+
+
+def autocontrast_lut(hist: jax.Array) -> jax.Array:
+  """``PIL.ImageOps.autocontrast`` (cutoff 0) LUT ``[C, 256]`` from a histogram ``[C, 256]``."""
+  lo, hi = _lo_hi(hist)
+  lo, hi = lo[:, None], hi[:, None]
+  i = jnp.arange(256, dtype=jnp.int32)[None, :]
+  q = (255 * (i - lo)) // jnp.maximum(hi - lo, 1)
+  keys = jnp.asarray(_autocontrast_keys())
+  key = lo * 65536 + hi * 256 + i
+  pos = jnp.clip(jnp.searchsorted(keys, key), 0, keys.shape[0] - 1)
+  q = q - (keys[pos] == key).astype(jnp.int32)
+  return jnp.where(hi > lo, jnp.clip(q, 0, 255), i)
+
+
+def equalize_lut(hist: jax.Array) -> jax.Array:
+  """``PIL.ImageOps.equalize`` LUT ``[C, 256]`` (integer arithmetic) from a histogram."""
+  lo, hi = _lo_hi(hist)
+  n = jnp.sum(hist, axis=-1)
+  cum = jnp.cumsum(hist, axis=-1) - hist           # pixels strictly below i
+  last = jnp.take_along_axis(hist, hi[:, None], axis=-1)[:, 0]
+  step = (n - last) // 255
+  safe = jnp.maximum(step, 1)[:, None]
+  lut = jnp.minimum((safe // 2 + cum) // safe, 255)  # Image.point clips to 8 bits
+  i = jnp.arange(256, dtype=jnp.int32)[None, :]
+  keep = ((hi == lo) | (step == 0))[:, None]
+  return jnp.where(keep, i, lut)
+
+
+def posterize_lut(bits, channels: int = 3) -> jax.Array:
+  """``PIL.ImageOps.posterize`` LUT ``[C, 256]``: keep the top ``bits`` bits (1..8)."""
+  i = jnp.arange(256, dtype=jnp.int32)
+  shift = 8 - jnp.asarray(bits, jnp.int32)
+  lut = jnp.left_shift(jnp.right_shift(i, shift), shift)
+  return jnp.broadcast_to(lut, (channels, 256))
+
+
+def solarize_lut(threshold, channels: int = 3) -> jax.Array:
+  """``PIL.ImageOps.solarize`` LUT ``[C, 256]``: ``i if i < threshold else 255 - i``."""
+  i = jnp.arange(256, dtype=jnp.int32)
+  lut = jnp.where(i < jnp.asarray(threshold, jnp.int32), i, 255 - i)
+  return jnp.broadcast_to(lut, (channels, 256))
+
+
+def luma(img: jax.Array) -> jax.Array:
+  """PIL's RGB -> "L" conversion, float32 ``[H, W]``: ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``."""
+  x = img.astype(jnp.int32)
+  l = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 32768) >> 16
+  return l.astype(jnp.float32)
+
+
+def _mean_luma(l: jax.Array) -> jax.Array:
+  """``int(ImageStat.Stat(L).mean + 0.5)`` exactly, as an integer-valued float32 scalar."""
+  n = l.size
+  s = jnp.sum(l.astype(jnp.int32))
+  return ((2 * s + n) // (2 * n)).astype(jnp.float32)
+
+
+def smooth(img: jax.Array) -> jax.Array:
+  """``img.filter(ImageFilter.SMOOTH)``: 3x3 kernel [[1,1,1],[1,5,1],[1,1,1]]/13, rounded;
+  the one-pixel border is copied from the input (as Pillow does). ``[H, W, C]``."""
+  h, w = img.shape[:2]
+  k1 = np.float32(1.0) / np.float32(13.0)
+  k5 = np.float32(5.0) / np.float32(13.0)
+  s = None
+  for dy in range(3):
+    for dx in range(3):
+      term = img[dy:dy + h - 2, dx:dx + w - 2] * (k5 if dy == dx == 1 else k1)
+      s = term if s is None else s + term
+  inner = jnp.floor(jnp.clip(s, 0.0, 255.0) + 0.5)
+  return img.at[1:-1, 1:-1].set(inner)
+
+
+def blend(img: jax.Array, degenerate, factor) -> jax.Array:
+  """``Image.blend(degenerate, img, factor)``: ``floor(clip(deg + f * (img - deg), 0, 255))``
+  in float32, as Pillow (truncation to uint8; clipping when extrapolating)."""
+  f = jnp.asarray(factor, jnp.float32)
+  prod = f * (img - degenerate)
+  # Pillow rounds the product to float32 before the add. XLA would contract the two into
+  # one FMA (a single rounding), which moves ~1e-4 of the pixels by one level; a clamp
+  # between them (a no-op on these values) keeps the two roundings.
+  prod = jnp.clip(prod, -1e30, 1e30)
+  return jnp.floor(jnp.clip(degenerate + prod, 0.0, 255.0))
+
+
+def affine_fixed(img: jax.Array, fix, fill: float = AFFINE_FILL) -> jax.Array:
+  """Pillow's nearest-neighbour AFFINE transform in 16.16 fixed point.
+
+  Args:
+    img: image ``[H, W, C]``.
+    fix: int32 ``[6]`` = ``FIX(a), FIX(b), FIX(c + a/2 + b/2), FIX(d), FIX(e),
+      FIX(f + d/2 + e/2)`` with ``FIX(v) = floor(65536 v + 0.5)``.
+    fill: value of pixels that sample outside the input.
+
+  Returns:
+    ``[H, W, C]``: ``out[y, x] = img[sy >> 16, sx >> 16]`` with ``sx = fix[2] + x fix[0]
+    + y fix[1]``, ``sy = fix[5] + x fix[3] + y fix[4]``.
+  """
+  h, w, c = img.shape
+  fix = jnp.asarray(fix, jnp.int32)
+  ys = jnp.arange(h, dtype=jnp.int32)[:, None]
+  xs = jnp.arange(w, dtype=jnp.int32)[None, :]
+  ix = jnp.right_shift(fix[2] + xs * fix[0] + ys * fix[1], 16)
+  iy = jnp.right_shift(fix[5] + xs * fix[3] + ys * fix[4], 16)
+  inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+  idx = jnp.clip(iy, 0, h - 1) * w + jnp.clip(ix, 0, w - 1)
+  out = jnp.take(img.reshape(h * w, c), idx, axis=0, mode="clip")
+  return jnp.where(inside[..., None], out, jnp.asarray(fill, img.dtype))
+
+
+def _fix_jnp(m) -> jax.Array:
+  a, b, c, d, e, f = (jnp.asarray(v, jnp.float32) for v in m)
+  fix = lambda v: jnp.floor(v * 65536.0 + 0.5).astype(jnp.int32)
+  return jnp.stack([fix(a), fix(b), fix(c + a * 0.5 + b * 0.5),
+                    fix(d), fix(e), fix(f + d * 0.5 + e * 0.5)])
+
+
+# ----------------------------------------------------------------------------------
+# Public single-image ops: fn(image [H, W, 3] float32, magnitude) -> image.
+
+def identity(img, _=None):
+  """Returns the image unchanged."""
+  return img
+
+
+def auto_contrast(img, _=None):
+  """``ImageOps.autocontrast``: stretch each channel's [min, max] to [0, 255]."""
+  return apply_lut(img, autocontrast_lut(histogram(img)))
+
+
+def equalize(img, _=None):
+  """``ImageOps.equalize``: per-channel histogram equalisation."""
+  return apply_lut(img, equalize_lut(histogram(img)))
+
+
+def posterize(img, bits):
+  """``ImageOps.posterize(img, bits)``; bits 8 is the identity."""
+  return apply_lut(img, posterize_lut(bits, img.shape[-1]))
+
+
+def solarize(img, threshold):
+  """``ImageOps.solarize(img, threshold)``: invert values >= threshold; 256 is the identity."""
+  return apply_lut(img, solarize_lut(threshold, img.shape[-1]))
+
+
+def brightness(img, factor):
+  """``ImageEnhance.Brightness(img).enhance(factor)``; blend with black; 1 is the identity."""
+  return blend(img, jnp.zeros((), jnp.float32), factor)
+
+
+def color(img, factor):
+  """``ImageEnhance.Color(img).enhance(factor)``: blend with the gray (luma) image."""
+  return blend(img, luma(img)[..., None], factor)
+
+
+def contrast(img, factor):
+  """``ImageEnhance.Contrast(img).enhance(factor)``: blend with the mean luma (rounded)."""
+  return blend(img, _mean_luma(luma(img)), factor)
+
+
+def sharpness(img, factor):
+  """``ImageEnhance.Sharpness(img).enhance(factor)``: blend with ``smooth(img)``."""
+  return blend(img, smooth(img), factor)
+
+
+def rotate(img, degrees):
+  """``img.rotate(degrees)`` (counter-clockwise, about the centre, nearest, fill 0)."""
+  h, w = img.shape[:2]
+  angle = -jnp.deg2rad(jnp.mod(jnp.asarray(degrees, jnp.float32), 360.0))
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  cx, cy = w / 2, h / 2
+  m = (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy)
+  return affine_fixed(img, _fix_jnp(m))
+
+
+def shear_x(img, shear):
+  """``img.transform(size, AFFINE, (1, shear, 0, 0, 1, 0))`` (nearest, fill 0)."""
+  return affine_fixed(img, _fix_jnp((1.0, shear, 0.0, 0.0, 1.0, 0.0)))
+
+
+def shear_y(img, shear):
+  """``img.transform(size, AFFINE, (1, 0, 0, shear, 1, 0))`` (nearest, fill 0)."""
+  return affine_fixed(img, _fix_jnp((1.0, 0.0, 0.0, shear, 1.0, 0.0)))
+
+
+def translate_x(img, pixels):
+  """``img.transform(size, AFFINE, (1, 0, pixels, 0, 1, 0))``: content moves left by
+  ``pixels`` (integer in the reference), fill 0."""
+  return affine_fixed(img, _fix_jnp((1.0, 0.0, pixels, 0.0, 1.0, 0.0)))
+
+
+def translate_y(img, pixels):
+  """``img.transform(size, AFFINE, (1, 0, 0, 0, 1, pixels))``: content moves up, fill 0."""
+  return affine_fixed(img, _fix_jnp((1.0, 0.0, 0.0, 0.0, 1.0, pixels)))
+
+
+def cutout(img, cx, cy, size, fill: float = CUTOUT_FILL):
+  """kekmodel's ``CutoutAbs(img, size)`` from a given centre ``(cx, cy)`` (floats in
+  ``[0, W) x [0, H)``): ``x0 = int(max(0, cx - size/2))``, ``x1 = int(min(W, x0 + size))``
+  (same for y); the rectangle ``[x0, x1] x [y0, y1]`` *inclusive* (PIL ImageDraw) is
+  set to ``fill``. Image ``[H, W, C]`` -> ``[H, W, C]``."""
+  h, w = img.shape[:2]
+  size = jnp.asarray(size, jnp.float32)
+  x0 = jnp.floor(jnp.maximum(0.0, cx - size / 2.0)).astype(jnp.int32)
+  y0 = jnp.floor(jnp.maximum(0.0, cy - size / 2.0)).astype(jnp.int32)
+  x1 = jnp.floor(jnp.minimum(float(w), x0 + size)).astype(jnp.int32)
+  y1 = jnp.floor(jnp.minimum(float(h), y0 + size)).astype(jnp.int32)
+  ys = jnp.arange(h)[:, None]
+  xs = jnp.arange(w)[None, :]
+  box = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+  return jnp.where(box[..., None], jnp.asarray(fill, img.dtype), img)
+
+
+OPS: dict[str, Callable[[jax.Array, object], jax.Array]] = {
+    "AutoContrast": auto_contrast,
+    "Brightness": brightness,
+    "Color": color,
+    "Contrast": contrast,
+    "Equalize": equalize,
+    "Identity": identity,
+    "Posterize": posterize,
+    "Rotate": rotate,
+    "Sharpness": sharpness,
+    "ShearX": shear_x,
+    "ShearY": shear_y,
+    "Solarize": solarize,
+    "TranslateX": translate_x,
+    "TranslateY": translate_y,
+}
+"""Name -> ``fn(image [H, W, 3] float32, magnitude) -> image``; the magnitude is the op's
+natural argument (see :func:`level_to_arg`) and is ignored by AutoContrast, Equalize and
+Identity."""
+
+
+# ----------------------------------------------------------------------------------
+# Random parameters (per image) and the batched, vmapped views.
+
+class WeakParams(NamedTuple):
+  """Per-image weak-view draws (leading batch axis ``[B]`` on each field)."""
+  flip: jax.Array  # bool: horizontal flip (applied first)
+  dy: jax.Array    # int32 in [0, 2 * pad]: crop offset into the reflect-padded image
+  dx: jax.Array    # int32 in [0, 2 * pad]
+
+
+class StrongParams(NamedTuple):
+  """Per-image strong-view draws (leading batch axis ``[B]``)."""
+  weak: WeakParams
+  ops: jax.Array      # int32 [B, 2]: indices into OP_NAMES
+  levels: jax.Array   # int32 [B, 2]: v in 1..9
+  apply: jax.Array    # bool [B, 2]: the reference's "random.random() < 0.5"
+  negate: jax.Array   # bool [B, 2]: random sign of Rotate/Shear*/Translate*
+  cut_cx: jax.Array   # float32 [B]: Cutout centre, uniform in [0, W)
+  cut_cy: jax.Array   # float32 [B]: uniform in [0, H)
+
+
+def _pads(height: int, width: int) -> tuple[int, int]:
+  return int(height * PAD_FRACTION), int(width * PAD_FRACTION)
+
+
+def _sample_weak_one(key, height: int, width: int) -> WeakParams:
+  kf, ky, kx = jax.random.split(key, 3)
+  py, px = _pads(height, width)
+  return WeakParams(
+      flip=jax.random.bernoulli(kf, 0.5),
+      dy=jax.random.randint(ky, (), 0, 2 * py + 1, jnp.int32),
+      dx=jax.random.randint(kx, (), 0, 2 * px + 1, jnp.int32))
+
+
+def _sample_strong_one(key, height: int, width: int) -> StrongParams:
+  kw, ko, kl, ka, kn, kc = jax.random.split(key, 6)
+  n = N_OPS_PER_IMAGE
+  cut = jax.random.uniform(kc, (2,), jnp.float32) * jnp.array([width, height], jnp.float32)
+  return StrongParams(
+      weak=_sample_weak_one(kw, height, width),
+      ops=jax.random.randint(ko, (n,), 0, NUM_OPS, jnp.int32),
+      levels=jax.random.randint(kl, (n,), 1, MAX_LEVEL, jnp.int32),
+      apply=jax.random.bernoulli(ka, OP_PROB, (n,)),
+      negate=jax.random.bernoulli(kn, 0.5, (n,)),
+      cut_cx=jnp.minimum(cut[0], np.nextafter(np.float32(width), 0)),
+      cut_cy=jnp.minimum(cut[1], np.nextafter(np.float32(height), 0)))
+
+
+def sample_weak_params(key, batch: int, height: int = 32, width: int = 32) -> WeakParams:
+  """Independent weak-view draws for ``batch`` images (``key`` split into ``batch`` keys)."""
+  keys = jax.random.split(key, batch)
+  return jax.vmap(lambda k: _sample_weak_one(k, height, width))(keys)
+
+
+def sample_strong_params(key, batch: int, height: int = 32, width: int = 32) -> StrongParams:
+  """Independent strong-view draws for ``batch`` images."""
+  keys = jax.random.split(key, batch)
+  return jax.vmap(lambda k: _sample_strong_one(k, height, width))(keys)
+
+
+def _reflect(i, n: int):
+  i = jnp.abs(i)
+  return jnp.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def _weak_one(img: jax.Array, p: WeakParams) -> jax.Array:
+  """Flip, then crop from the reflect-padded image, as one gather. ``[H, W, C]``."""
+  h, w, c = img.shape
+  py, px = _pads(h, w)
+  rows = _reflect(jnp.arange(h, dtype=jnp.int32) + p.dy - py, h)
+  cols = _reflect(jnp.arange(w, dtype=jnp.int32) + p.dx - px, w)
+  cols = jnp.where(p.flip, w - 1 - cols, cols)
+  idx = rows[:, None] * w + cols[None, :]
+  return jnp.take(img.reshape(h * w, c), idx, axis=0, mode="clip")
+
+
+def _ra_slot(img: jax.Array, op, level, negate) -> jax.Array:
+  """One RandAugment op on an image, as LUT -> blend -> affine stages (see module doc)."""
+  h, w, c = img.shape
+  t = _tables(h, w)
+  # 1. LUT stage.
+  hist = histogram(img)
+  ident = jnp.broadcast_to(jnp.arange(256, dtype=jnp.int32), (c, 256))
+  lut = jnp.select(
+      [op == AUTO_CONTRAST, op == EQUALIZE, op == POSTERIZE, op == SOLARIZE],
+      [autocontrast_lut(hist), equalize_lut(hist),
+       posterize_lut(jnp.asarray(t.bits)[level], c),
+       solarize_lut(jnp.asarray(t.threshold)[level], c)],
+      ident)
+  x = apply_lut(img, lut)
+  # 2. Blend stage: degenerate image per enhance op; x itself otherwise (identity).
+  l = luma(x)
+  deg = jnp.where(op == BRIGHTNESS, 0.0,
+                  jnp.where(op == COLOR, l[..., None],
+                            jnp.where(op == CONTRAST, _mean_luma(l),
+                                      jnp.where(op == SHARPNESS, smooth(x), x))))
+  x = blend(x, deg, jnp.asarray(t.factor)[op, level])
+  # 3. Affine stage.
+  fix = jnp.asarray(t.affine_fix)[op, level, negate.astype(jnp.int32)]
+  return affine_fixed(x, fix)
+
+
+def _strong_one(img: jax.Array, p: StrongParams) -> jax.Array:
+  h, w, _ = img.shape
+  x = _weak_one(img, p.weak)
+  for s in range(N_OPS_PER_IMAGE):
+    op = jnp.where(p.apply[s], p.ops[s], IDENTITY)
+    x = _ra_slot(x, op, p.levels[s], p.negate[s])
+  return cutout(x, p.cut_cx, p.cut_cy, int(min(h, w) * CUTOUT_FRACTION))
+
+
+def _check_images(images) -> None:
+  if jnp.ndim(images) != 4 or jnp.shape(images)[-1] != 3:
+    raise ValueError(f"images must be [B, H, W, 3], got shape {jnp.shape(images)}")
+
+
+@jax.jit
+def apply_weak(images, params: WeakParams) -> jax.Array:
+  """Weak view of ``images`` [B, H, W, 3] with given per-image params -> float32 [B, H, W, 3]."""
+  _check_images(images)
+  x = jnp.asarray(images).astype(jnp.float32)
+  return jax.vmap(_weak_one)(x, params)
+
+
+@jax.jit
+def apply_strong(images, params: StrongParams) -> jax.Array:
+  """Strong view with given per-image params: flip + crop, RandAugment(2 ops), Cutout.
+
+  Args:
+    images: ``[B, H, W, 3]`` uint8 or float in [0, 255] (floats are rounded).
+    params: from :func:`sample_strong_params`.
+
+  Returns:
+    float32 ``[B, H, W, 3]``, integer values in [0, 255].
+  """
+  _check_images(images)
+  return jax.vmap(_strong_one)(_to_image(images), params)
+
+
+@jax.jit
+def weak(key, images) -> jax.Array:
+  """FixMatch weak view: random horizontal flip, then a random translation by up to 12.5%
+  of the side (4 px on 32x32) with reflect padding; independent per image.
+
+  Args:
+    key: a JAX PRNG key.
+    images: ``[B, H, W, 3]`` uint8 or float in [0, 255].
+
+  Returns:
+    float32 ``[B, H, W, 3]`` in [0, 255].
+  """
+  _check_images(images)
+  b, h, w, _ = jnp.shape(images)
+  return apply_weak(images, sample_weak_params(key, b, h, w))
+
+
+@jax.jit
+def strong(key, images) -> jax.Array:
+  """FixMatch strong view (kekmodel RandAugmentMC(2, 10) + Cutout, after flip + crop);
+  independent per image.
+
+  Args:
+    key: a JAX PRNG key.
+    images: ``[B, H, W, 3]`` uint8 or float in [0, 255].
+
+  Returns:
+    float32 ``[B, H, W, 3]``, integer values in [0, 255].
+  """
+  _check_images(images)
+  b, h, w, _ = jnp.shape(images)
+  return apply_strong(images, sample_strong_params(key, b, h, w))
+
+
+# ----------------------------------------------------------------------------------
+# Visual check.
+
+def show(images, key, out_path, n_strong: int = 3) -> pathlib.Path:
+  """Writes a PNG grid: rows = original, weak view, ``n_strong`` strong views.
+
+  Args:
+    images: ``[N, H, W, 3]`` uint8 (or float in [0, 255]).
+    key: JAX PRNG key.
+    out_path: PNG path (parent folders are created).
+    n_strong: number of strong-view rows.
+
+  Returns:
+    The path written.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  images = np.asarray(images)
+  n = images.shape[0]
+  keys = jax.random.split(key, 1 + n_strong)
+  rows = [("original", images.astype(np.float32)),
+          ("weak", np.asarray(weak(keys[0], images)))]
+  rows += [(f"strong #{i + 1}", np.asarray(strong(keys[1 + i], images)))
+           for i in range(n_strong)]
+  fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 0.9, 1.3 * len(rows)),
+                           squeeze=False)
+  for r, (label, views) in enumerate(rows):
+    for i in range(n):
+      ax = axes[r][i]
+      ax.imshow(np.clip(views[i], 0, 255).astype(np.uint8), interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_ylabel(label, fontsize=9)
+  fig.suptitle("FixMatch views (dlpl_jax.augment): weak = flip + reflect-pad crop; "
+               "strong = weak + RandAugment(2) + Cutout", fontsize=8)
+  fig.tight_layout()
+  out_path = pathlib.Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def _load_cifar_test(n: int, data_dir: str | None) -> np.ndarray:
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if data_dir is None:
+    raise SystemExit("set TFDS_DATA_DIR (or --data_dir) to the prepared CIFAR-10")
+  if not tfds.builder("cifar10", data_dir=data_dir).is_prepared():
+    raise SystemExit(f"cifar10 is not prepared under {data_dir}")
+  ds = tfds.load("cifar10", split=f"test[:{n}]", batch_size=-1, download=False,
+                 data_dir=data_dir)
+  return tfds.as_numpy(ds)["image"]
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--show", action="store_true",
+                      help="write a PNG grid of weak/strong views of CIFAR-10 test images")
+  parser.add_argument("--out", default="experiments/results/augment_views.png")
+  parser.add_argument("--n", type=int, default=8, help="number of images (columns)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--data_dir", default=None,
+                      help="TFDS data dir (default: $TFDS_DATA_DIR or ../shared/...)")
+  args = parser.parse_args(argv)
+  if not args.show:
+    parser.print_help()
+    return
+  data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR")
+  if data_dir is None:
+    shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
+    data_dir = str(shared) if shared.is_dir() else None
+  images = _load_cifar_test(args.n, data_dir)
+  path = show(images, jax.random.key(args.seed), args.out)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,298 @@
+"""Datasets as numpy arrays: TFDS loading (offline only) and semi-supervised splits.
+
+Importing this module does not import TensorFlow; ``load_split`` and ``stream`` import
+``tensorflow_datasets`` when called. No code path downloads anything: a dataset must
+already be prepared under the TFDS data directory (``data_dir`` argument, else the
+``TFDS_DATA_DIR`` environment variable, else ``~/tensorflow_datasets``), otherwise a
+``FileNotFoundError`` says where it looked and how to fix it.
+
+The split helpers are pure numpy and depend only on the label array and the seed:
+
+* ``labeled_indices``: N labeled images per class (balanced SSL protocol of FixMatch).
+* ``long_tailed_counts`` / ``split_lt``: CIFAR-10-LT of DARP (Kim et al., NeurIPS 2020)
+  and USB (Wang et al., NeurIPS 2022), with long-tailed, reversed or balanced
+  unlabeled data (consistent and mismatched class distributions).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+TFDS_ENV = "TFDS_DATA_DIR"
+UNLABELED_PROFILES = ("long_tailed", "reversed", "balanced")
+
+
+# ----------------------------------------------------------------------------------
+# TFDS access (lazy TensorFlow import, never downloads).
+
+
+def _import_tfds():
+  """Imports tensorflow and tensorflow_datasets, hiding GPUs from TensorFlow."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(
+        "dlpl_jax.data needs TensorFlow and TensorFlow Datasets to load datasets: "
+        "pip install tensorflow-cpu tensorflow-datasets (or pip install -e . in "
+        f"the repository). Original error: {e}") from e
+  try:  # TF only feeds data; keep it off the accelerators JAX uses.
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialized its devices: nothing to do.
+    pass
+  return tf, tfds
+
+
+def resolve_data_dir(data_dir: str | None = None) -> str:
+  """The TFDS data directory: ``data_dir``, else $TFDS_DATA_DIR, else the default."""
+  if data_dir:
+    return os.fspath(data_dir)
+  return os.environ.get(TFDS_ENV) or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _not_prepared(name: str, data_dir: str) -> FileNotFoundError:
+  base = name.split(":")[0]
+  return FileNotFoundError(
+      f"TFDS dataset {name!r} is not prepared in {data_dir!r} (searched "
+      f"{os.path.join(data_dir, base)}); nothing is downloaded. Point the data "
+      f"directory at a prepared copy, e.g. export {TFDS_ENV}=../shared/"
+      f"tensorflow_datasets (or pass data_dir=...), or prepare it once on a machine "
+      f"with internet: tfds build {base.split('/')[0]} --data_dir=<dir>.")
+
+
+def _prepared_builder(name: str, data_dir: str | None):
+  """A TFDS builder for an already prepared dataset, or FileNotFoundError."""
+  data_dir = resolve_data_dir(data_dir)
+  base = name.split(":")[0].split("/")[0]
+  # Fast local check before importing TensorFlow (skipped for gs:// and the like).
+  if "://" not in data_dir and not os.path.isdir(os.path.join(data_dir, base)):
+    raise _not_prepared(name, data_dir)
+  _, tfds = _import_tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise _not_prepared(name, data_dir) from e
+  if not builder.is_prepared():
+    raise _not_prepared(name, data_dir)
+  return builder
+
+
+def load_split(name: str = "cifar10", split: str = "train",
+               data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole prepared TFDS split into memory, in its stored order.
+
+  Args:
+    name: TFDS name, optionally with version (``'cifar10:3.0.2'``).
+    split: TFDS split (``'train'``, ``'test'``, ``'train[:10%]'``, ...).
+    data_dir: TFDS data directory; defaults to $TFDS_DATA_DIR.
+
+  Returns:
+    ``(images, labels)``: uint8 ``[N, H, W, C]`` and int32 ``[N]``.
+
+  Raises:
+    FileNotFoundError: the dataset is not prepared there (nothing is downloaded).
+    ImportError: TensorFlow / TensorFlow Datasets are not installed.
+  """
+  builder = _prepared_builder(name, data_dir)
+  _, tfds = _import_tfds()
+  ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+  data = tfds.as_numpy(ds)
+  images = np.asarray(data["image"], dtype=np.uint8)
+  labels = np.asarray(data["label"]).astype(np.int32)
+  return images, labels
+
+
+def stream(name: str, split: str, batch_size: int, seed: int,
+           data_dir: str | None = None, repeat: bool = True,
+           shuffle_buffer: int = 10_000) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled batches of a prepared TFDS split through tf.data, for large datasets.
+
+  Files and examples are shuffled with ``seed`` (reshuffled each epoch); the last
+  incomplete batch of an epoch is dropped.
+
+  Args:
+    name: TFDS name, as in ``load_split``.
+    split: TFDS split.
+    batch_size: examples per batch ``B``.
+    seed: shuffle seed.
+    data_dir: TFDS data directory; defaults to $TFDS_DATA_DIR.
+    repeat: loop over the split forever if True, else one epoch.
+    shuffle_buffer: size of the example shuffle buffer.
+
+  Returns:
+    An iterator of ``{'image': uint8 [B, H, W, C], 'label': int32 [B]}``.
+
+  Raises:
+    FileNotFoundError: the dataset is not prepared there (nothing is downloaded).
+    ImportError: TensorFlow / TensorFlow Datasets are not installed.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  builder = _prepared_builder(name, data_dir)
+  tf, tfds = _import_tfds()
+  ds = builder.as_dataset(split=split, shuffle_files=True,
+                          read_config=tfds.ReadConfig(shuffle_seed=seed,
+                                                      try_autocache=False))
+  ds = ds.map(lambda ex: {"image": ex["image"],
+                          "label": tf.cast(ex["label"], tf.int32)},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return iter(tfds.as_numpy(ds))
+
+
+# ----------------------------------------------------------------------------------
+# Splits (pure numpy).
+
+
+def _as_labels(labels, num_classes: int | None) -> tuple[np.ndarray, int]:
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+        f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+  if num_classes is None:
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}), got values in "
+                     f"[{labels.min()}, {labels.max()}]")
+  return labels, num_classes
+
+
+def class_counts(labels, num_classes: int) -> np.ndarray:
+  """Number of examples of each class.
+
+  Args:
+    labels: ``[N]`` integer labels in ``[0, num_classes)``.
+    num_classes: ``C``.
+
+  Returns:
+    int64 ``[C]`` counts.
+  """
+  labels, num_classes = _as_labels(labels, num_classes)
+  return np.bincount(labels, minlength=num_classes).astype(np.int64)
+
+
+def _draw(labels: np.ndarray, counts: Sequence[Sequence[int]], seed: int,
+          what: str) -> list[np.ndarray]:
+  """Per class c, draws disjoint index sets of sizes counts[j][c] (j = 0, 1, ...).
+
+  Class members are taken in increasing index order and permuted by one
+  ``default_rng(seed)`` visited class by class, so the result depends only on the
+  label array and the seed. Returns one sorted int64 index array per entry of counts.
+  """
+  rng = np.random.default_rng(seed)
+  num_classes = len(counts[0])
+  out = [[] for _ in counts]
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    need = [int(n[c]) for n in counts]
+    if min(need) < 0:
+      raise ValueError(f"negative count requested for class {c}: {need}")
+    if sum(need) > members.size:
+      raise ValueError(
+          f"class {c} has {members.size} images, fewer than the {sum(need)} "
+          f"requested ({what})")
+    perm = rng.permutation(members)
+    start = 0
+    for j, n in enumerate(need):
+      out[j].append(perm[start:start + n])
+      start += n
+  return [np.sort(np.concatenate(parts)).astype(np.int64) if parts
+          else np.zeros(0, np.int64) for parts in out]
+
+
+def labeled_indices(labels, per_class: int, seed: int,
+                    num_classes: int | None = None) -> np.ndarray:
+  """Indices of ``per_class`` images of each class, drawn with ``default_rng(seed)``.
+
+  Args:
+    labels: ``[N]`` integer labels.
+    per_class: images to draw from every class.
+    seed: seed of the draw; the result depends only on ``labels`` and ``seed``.
+    num_classes: ``C``; defaults to ``max(labels) + 1``.
+
+  Returns:
+    Sorted int64 ``[C * per_class]`` indices into ``labels``, no duplicates.
+
+  Raises:
+    ValueError: a class has fewer than ``per_class`` images.
+  """
+  labels, num_classes = _as_labels(labels, num_classes)
+  return _draw(labels, [[per_class] * num_classes], seed,
+               f"{per_class} labeled per class")[0]
+
+
+def long_tailed_counts(n_max: int, gamma: float, num_classes: int) -> list[int]:
+  """Exponentially decaying class sizes of CIFAR-LT: n_k ~ n_max * gamma^(-k/(C-1)).
+
+  Rounding follows DARP's ``make_imb_data`` and USB's ``make_imbalance_data``
+  exactly: with mu = (1/gamma)^(1/(C-1)), class k < C-1 gets int(n_max * mu**k)
+  (truncation toward zero = floor) and the last class gets int(n_max / gamma).
+
+  >>> long_tailed_counts(1500, 100, 10)
+  [1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
+
+  Args:
+    n_max: size of the head class 0.
+    gamma: imbalance ratio n_0 / n_{C-1}, >= 1.
+    num_classes: ``C`` >= 2.
+
+  Returns:
+    ``C`` non-increasing counts.
+  """
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+  if gamma < 1:
+    raise ValueError(f"gamma must be >= 1, got {gamma}")
+  if n_max < 0:
+    raise ValueError(f"n_max must be >= 0, got {n_max}")
+  mu = np.power(1 / gamma, 1 / (num_classes - 1))
+  counts = [int(n_max * np.power(mu, k)) for k in range(num_classes - 1)]
+  return counts + [int(n_max / gamma)]
+
+
+def split_lt(labels, n1: int, m1: int, gamma: float, seed: int,
+             unlabeled_profile: str = "long_tailed",
+             num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Disjoint labeled / unlabeled indices of a long-tailed SSL split (DARP, USB).
+
+  Labeled class k gets ``long_tailed_counts(n1, gamma, C)[k]`` images. Unlabeled
+  class k gets ``long_tailed_counts(m1, gamma, C)[k]`` ('long_tailed'), the count of
+  class C-1-k ('reversed'), or m1 ('balanced').
+
+  Args:
+    labels: ``[N]`` integer labels.
+    n1: labeled images of the head class.
+    m1: unlabeled images of the head class (of every class when 'balanced').
+    gamma: imbalance ratio, >= 1.
+    seed: seed of the draw; the result depends only on ``labels`` and ``seed``.
+    unlabeled_profile: 'long_tailed', 'reversed' or 'balanced'.
+    num_classes: ``C``; defaults to ``max(labels) + 1``.
+
+  Returns:
+    ``(labeled_idx, unlabeled_idx)``: sorted, disjoint int64 index arrays.
+
+  Raises:
+    ValueError: a class has too few images, or an unknown profile.
+  """
+  labels, num_classes = _as_labels(labels, num_classes)
+  lab = long_tailed_counts(n1, gamma, num_classes)
+  if unlabeled_profile == "long_tailed":
+    unl = long_tailed_counts(m1, gamma, num_classes)
+  elif unlabeled_profile == "reversed":
+    unl = long_tailed_counts(m1, gamma, num_classes)[::-1]
+  elif unlabeled_profile == "balanced":
+    unl = [int(m1)] * num_classes
+  else:
+    raise ValueError(f"unknown unlabeled_profile {unlabeled_profile!r}; valid: "
+                     f"{', '.join(UNLABELED_PROFILES)}")
+  labeled, unlabeled = _draw(
+      labels, [lab, unl], seed,
+      f"labeled {lab} + unlabeled {unl} ({unlabeled_profile})")
+  return labeled, unlabeled

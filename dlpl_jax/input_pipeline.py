@@ -1,0 +1,107 @@
+"""The semi-supervised splits a run trains on, as in-memory NumPy arrays.
+
+``load(config)`` reads the TFDS train and test splits once (via :mod:`dlpl_jax.data`),
+draws the labeled subset (N per class with a seed, or the CIFAR-LT protocol) and the
+unlabeled set, and returns an :class:`SSLData`. The trainer puts these arrays on the
+device and samples every step's batch there, so the host does no per-step work.
+``synthetic(...)`` makes a small learnable stand-in (tests, benchmarks, no TensorFlow).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from dlpl_jax import data as data_lib
+
+
+class SSLData(NamedTuple):
+  """Arrays of one semi-supervised run (uint8 images ``[N, H, W, 3]``, int32 labels).
+
+  ``y_u`` holds the TRUE labels of the unlabeled images, used for monitoring only
+  (pseudo-label accuracy); the training signal never reads it.
+  """
+  x_l: np.ndarray
+  y_l: np.ndarray
+  x_u: np.ndarray
+  y_u: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+  def describe(self, num_classes: int) -> str:
+    cl = np.bincount(self.y_l, minlength=num_classes)
+    cu = np.bincount(self.y_u, minlength=num_classes)
+    return (f"labeled {len(self.y_l)} (per class {cl.tolist()}), unlabeled {len(self.y_u)} "
+            f"(per class {cu.tolist()}), test {len(self.y_test)}")
+
+
+def select(config, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+           y_test: np.ndarray) -> SSLData:
+  """Draws the labeled / unlabeled sets from a training split, as the config says.
+
+  Balanced (``lt.enabled = False``): ``labels_per_class`` images per class drawn with
+  ``labeled_seed``; the unlabeled set is the whole training split (FixMatch protocol).
+  Long-tailed: disjoint labeled/unlabeled sets from :func:`dlpl_jax.data.split_lt`.
+  """
+  c = config.num_classes
+  if config.lt.enabled:
+    li, ui = data_lib.split_lt(y_train, config.lt.n1, config.lt.m1, config.lt.gamma,
+                               config.labeled_seed, config.lt.unlabeled_profile, c)
+  else:
+    li = data_lib.labeled_indices(y_train, config.labels_per_class, config.labeled_seed, c)
+    ui = np.arange(len(y_train))
+  if config.eval_examples:
+    x_test, y_test = x_test[:config.eval_examples], y_test[:config.eval_examples]
+  return SSLData(x_train[li], y_train[li].astype(np.int32), x_train[ui],
+                 y_train[ui].astype(np.int32), x_test, y_test.astype(np.int32))
+
+
+def load(config) -> SSLData:
+  """Reads the config's TFDS dataset (never downloads) and selects the SSL splits.
+
+  Raises:
+    FileNotFoundError: within seconds, naming TFDS_DATA_DIR, when the data is absent.
+  """
+  data_dir = config.data_dir or None
+  x_train, y_train = data_lib.load_split(config.dataset, "train", data_dir)
+  x_test, y_test = data_lib.load_split(config.dataset, "test", data_dir)
+  n_cls = int(y_train.max()) + 1
+  if n_cls != config.num_classes:
+    raise ValueError(f"{config.dataset} has {n_cls} classes but config.num_classes = "
+                     f"{config.num_classes}")
+  return select(config, x_train, y_train, x_test, y_test)
+
+
+def synthetic(num_classes: int = 10, labeled_per_class: int = 4, unlabeled: int = 512,
+              test: int = 256, image_size: int = 32, seed: int = 0) -> SSLData:
+  """A small, learnable stand-in: each class is a noisy colour/stripe pattern.
+
+  Args:
+    num_classes: C.
+    labeled_per_class: labeled images per class.
+    unlabeled: number of unlabeled images (balanced classes).
+    test: number of test images.
+    image_size: side of the square uint8 images.
+    seed: NumPy seed.
+
+  Returns:
+    An :class:`SSLData` of uint8 ``[N, image_size, image_size, 3]`` images.
+  """
+  rng = np.random.default_rng(seed)
+  colours = rng.uniform(40, 215, (num_classes, 3))
+  freqs = rng.uniform(0.2, 1.2, num_classes)
+
+  def make(n, balanced_labels=None):
+    y = (np.arange(n) % num_classes if balanced_labels is None else balanced_labels)
+    y = rng.permutation(y).astype(np.int32)
+    xx = np.arange(image_size)[None, :, None]
+    stripes = 30 * np.sin(freqs[y][:, None, None] * xx)  # [n, 1, W]
+    img = colours[y][:, None, None, :] + stripes[..., None] + rng.normal(
+        0, 20, (n, image_size, image_size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), y
+
+  x_l, y_l = make(num_classes * labeled_per_class)
+  x_u, y_u = make(unlabeled)
+  x_t, y_t = make(test)
+  return SSLData(x_l, y_l, x_u, y_u, x_t, y_t)

@@ -1,0 +1,234 @@
+"""Classifiers in Flax linen: the FixMatch Wide ResNet and a small CPU-sized CNN.
+
+Every model takes raw pixels and normalizes them itself, so callers (augmentation,
+evaluation) work in uint8 / [0, 255] throughout. The common contract is::
+
+  logits = model.apply(variables, x, train=False)                  # [B, C] float32
+  logits, feats = model.apply(variables, x, train=False,
+                              return_features=True)                # feats [B, D] f32
+  logits, updates = model.apply(variables, x, train=True,
+                                mutable=["batch_stats"])           # BN stats update
+
+``x`` is ``[B, H, W, 3]`` uint8 or float in [0, 255]. ``dtype`` is the computation
+dtype (e.g. ``jnp.bfloat16`` for mixed precision); parameters and BatchNorm statistics
+always stay float32, and logits and features are returned as float32.
+
+References:
+  Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016,
+  https://arxiv.org/abs/1605.07146
+  Sohn et al., FixMatch, NeurIPS 2020; architecture of google-research/fixmatch
+  ``libml/models.py`` (class ``ResNet``); parameter count as in
+  kekmodel/FixMatch-pytorch ``models/wideresnet.py`` (convolutions without bias:
+  WRN-28-2 has 1,467,610 params).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+CIFAR10_STD = (0.2471 * 255, 0.2435 * 255, 0.2616 * 255)
+
+Dtype = Any
+
+# He (Kaiming) normal with fan_out, untruncated: std = sqrt(2 / (k * k * out)), the
+# init of both FixMatch references (TF: rsqrt(0.5 * k * k * f)).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Glorot / Xavier normal for the classifier head, zero bias.
+dense_init = nn.initializers.xavier_normal()
+
+
+def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float],
+              dtype: Dtype) -> jax.Array:
+  """(x - mean) / std per channel, computed in float32, returned in ``dtype``.
+
+  Args:
+    x: ``[B, H, W, 3]`` raw pixels, uint8 or float in [0, 255].
+    mean: per-channel mean ``[3]`` in pixel units.
+    std: per-channel standard deviation ``[3]`` in pixel units.
+    dtype: dtype of the result.
+
+  Returns:
+    ``[B, H, W, 3]`` normalized images in ``dtype``.
+  """
+  if x.ndim != 4 or x.shape[-1] != len(mean):
+    raise ValueError(
+        f"expected images [B, H, W, {len(mean)}], got shape {x.shape}")
+  x = jnp.asarray(x).astype(jnp.float32)
+  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return x.astype(dtype)
+
+
+def _head(features: jax.Array, num_classes: int, dtype: Dtype,
+          return_features: bool):
+  """Dense classifier on pooled features; float32 logits (and features)."""
+  logits = nn.Dense(num_classes, kernel_init=dense_init,
+                    bias_init=nn.initializers.zeros, dtype=dtype,
+                    param_dtype=jnp.float32, name="classifier")(features)
+  logits = logits.astype(jnp.float32)
+  if return_features:
+    return logits, features.astype(jnp.float32)
+  return logits
+
+
+class _BasicBlock(nn.Module):
+  """Pre-activation WRN basic block (BN, lrelu, conv3x3, BN, lrelu, conv3x3).
+
+  With ``activate_before_residual`` the shortcut also takes the pre-activated input
+  (FixMatch does this in the first group only). A 1x1 projection is used on the
+  shortcut when the channel count changes.
+  """
+  features: int
+  strides: int = 1
+  activate_before_residual: bool = False
+  bn_momentum: float = 0.999
+  leaky_slope: float = 0.1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bn = lambda name: nn.BatchNorm(  # noqa: E731
+        use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
+        dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
+        f, (k, k), strides=(s, s), padding="SAME", use_bias=False,
+        kernel_init=conv_init, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    act = lambda v: nn.leaky_relu(v, self.leaky_slope)  # noqa: E731
+
+    shortcut = x
+    y = act(bn("bn1")(x))
+    if self.activate_before_residual:
+      shortcut = y
+    y = conv(self.features, 3, self.strides, "conv1")(y)
+    y = act(bn("bn2")(y))
+    y = conv(self.features, 3, 1, "conv2")(y)
+    if shortcut.shape[-1] != self.features:
+      shortcut = conv(self.features, 1, self.strides, "shortcut")(shortcut)
+    return shortcut + y
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-width of FixMatch: channels 16, 16w, 32w, 64w; (depth - 4) / 6 blocks
+  per group; strides 1, 2, 2; BN + leaky ReLU, global average pool, dense head.
+
+  WRN-28-2 has 1,467,610 parameters (CIFAR-10), WRN-28-8 23.4M (CIFAR-100).
+  """
+  depth: int = 28
+  width: int = 2
+  num_classes: int = 10
+  bn_momentum: float = 0.999
+  leaky_slope: float = 0.1
+  dtype: Dtype = jnp.float32
+  mean: Sequence[float] = CIFAR10_MEAN
+  std: Sequence[float] = CIFAR10_STD
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, return_features: bool = False):
+    """Logits ``[B, num_classes]`` float32 (and pooled features ``[B, 64 * width]``).
+
+    Args:
+      x: ``[B, H, W, 3]`` raw pixels, uint8 or float in [0, 255].
+      train: batch statistics (and their update, with ``mutable=['batch_stats']``)
+        if True, running averages if False.
+      return_features: also return the penultimate pooled features.
+    """
+    if (self.depth - 4) % 6:
+      raise ValueError(f"WRN depth must be 6n + 4, got {self.depth}")
+    n = (self.depth - 4) // 6
+    block = lambda f, s, abr, name: _BasicBlock(  # noqa: E731
+        f, s, abr, self.bn_momentum, self.leaky_slope, self.dtype, name=name)
+
+    y = normalize(x, self.mean, self.std, self.dtype)
+    y = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init,
+                dtype=self.dtype, param_dtype=jnp.float32, name="conv_in")(y)
+    for g, f in enumerate((16 * self.width, 32 * self.width, 64 * self.width)):
+      for i in range(n):
+        strides = 2 if (g > 0 and i == 0) else 1
+        y = block(f, strides, g == 0 and i == 0, f"group{g}_block{i}")(y, train)
+    y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32,
+                     name="bn_out")(y)
+    y = nn.leaky_relu(y, self.leaky_slope)
+    features = jnp.mean(y.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    return _head(features, self.num_classes, self.dtype, return_features)
+
+
+class SmallCNN(nn.Module):
+  """Tiny CNN for CPU-sized runs (~243k params at 10 classes).
+
+  conv32 -> pool -> conv64 -> pool -> conv128 -> conv128, each conv 3x3 + BN + leaky
+  ReLU, then global average pool and a dense head. Features are ``[B, 128]``.
+  """
+  num_classes: int = 10
+  bn_momentum: float = 0.999
+  leaky_slope: float = 0.1
+  dtype: Dtype = jnp.float32
+  mean: Sequence[float] = CIFAR10_MEAN
+  std: Sequence[float] = CIFAR10_STD
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, return_features: bool = False):
+    """Logits ``[B, num_classes]`` float32 (and pooled features ``[B, 128]``).
+
+    Args:
+      x: ``[B, H, W, 3]`` raw pixels, uint8 or float in [0, 255].
+      train: batch statistics if True, running averages if False.
+      return_features: also return the penultimate pooled features.
+    """
+    y = normalize(x, self.mean, self.std, self.dtype)
+    for i, (f, pool) in enumerate(((32, True), (64, True), (128, False),
+                                   (128, False))):
+      y = nn.Conv(f, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init,
+                  dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{i}")(y)
+      y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32,
+                       name=f"bn{i}")(y)
+      y = nn.leaky_relu(y, self.leaky_slope)
+      if pool:
+        y = nn.max_pool(y, (2, 2), strides=(2, 2))
+    features = jnp.mean(y.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    return _head(features, self.num_classes, self.dtype, return_features)
+
+
+_FACTORIES = {
+    "wrn28_2": lambda c, dtype: WideResNet(depth=28, width=2, num_classes=c,
+                                           dtype=dtype),
+    "wrn28_8": lambda c, dtype: WideResNet(depth=28, width=8, num_classes=c,
+                                           dtype=dtype),
+    "cnn_small": lambda c, dtype: SmallCNN(num_classes=c, dtype=dtype),
+}
+
+MODEL_NAMES = tuple(_FACTORIES)
+
+
+def create_model(name: str, num_classes: int, dtype: Dtype = jnp.float32) -> nn.Module:
+  """Builds a model by name: 'wrn28_2', 'wrn28_8' or 'cnn_small'.
+
+  Args:
+    name: architecture name, one of ``MODEL_NAMES``.
+    num_classes: size of the classifier head.
+    dtype: computation dtype (params stay float32).
+
+  Returns:
+    An unbound Flax module following the contract of this module's docstring.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if name not in _FACTORIES:
+    raise ValueError(
+        f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  return _FACTORIES[name](num_classes, dtype)
+
+
+def param_count(params) -> int:
+  """Total number of scalars in a parameter pytree (arrays or ShapeDtypeStructs)."""
+  return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

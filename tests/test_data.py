@@ -1,0 +1,135 @@
+"""Tests of dlpl_jax.data: splits on synthetic labels, offline errors, real CIFAR-10."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dlpl_jax import data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REAL_DATA_DIR = os.environ.get(data.TFDS_ENV) or str(
+    REPO.parent / "shared" / "tensorflow_datasets")
+
+
+def _labels(per_class=(50,) * 10, seed=0):
+  labels = np.repeat(np.arange(len(per_class)), per_class)
+  return np.random.default_rng(seed).permutation(labels).astype(np.int32)
+
+
+def test_class_counts():
+  np.testing.assert_array_equal(data.class_counts([0, 2, 2, 3], 5), [1, 0, 2, 1, 0])
+  with pytest.raises(ValueError):
+    data.class_counts([0, 5], 5)
+
+
+def test_labeled_indices():
+  labels = _labels()
+  idx = data.labeled_indices(labels, 4, seed=1)
+  assert idx.size == 40 and np.unique(idx).size == 40
+  np.testing.assert_array_equal(np.bincount(labels[idx], minlength=10), [4] * 10)
+  np.testing.assert_array_equal(idx, data.labeled_indices(labels, 4, seed=1))
+  assert not np.array_equal(idx, data.labeled_indices(labels, 4, seed=2))
+  with pytest.raises(ValueError, match="class 3"):
+    data.labeled_indices(_labels((50, 50, 50, 3)), 4, seed=0)
+
+
+def test_labeled_indices_num_classes():
+  # An absent class is only noticed when num_classes says it should exist.
+  labels = _labels((5, 5, 5))
+  assert data.labeled_indices(labels, 2, seed=0).size == 6
+  with pytest.raises(ValueError, match="class 3"):
+    data.labeled_indices(labels, 2, seed=0, num_classes=4)
+
+
+def test_long_tailed_counts_hand_computed():
+  # mu = 0.01 ** (1/9) = 0.599484...; n_k = floor(n_max * mu**k), last = n_max / 100.
+  assert data.long_tailed_counts(1500, 100, 10) == [
+      1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
+  assert data.long_tailed_counts(3000, 100, 10) == [
+      3000, 1798, 1078, 646, 387, 232, 139, 83, 50, 30]
+  assert data.long_tailed_counts(500, 1, 4) == [500] * 4
+  with pytest.raises(ValueError):
+    data.long_tailed_counts(100, 0.5, 10)
+
+
+@pytest.mark.parametrize("profile", ["long_tailed", "reversed", "balanced"])
+def test_split_lt(profile):
+  labels = _labels((400,) * 10)
+  lab, unl = data.split_lt(labels, 150, 200, 10, seed=0, unlabeled_profile=profile)
+  assert np.intersect1d(lab, unl).size == 0
+  assert np.unique(lab).size == lab.size and np.unique(unl).size == unl.size
+  lt_lab = data.long_tailed_counts(150, 10, 10)
+  lt_unl = data.long_tailed_counts(200, 10, 10)
+  expected_unl = {"long_tailed": lt_unl, "reversed": lt_unl[::-1],
+                  "balanced": [200] * 10}[profile]
+  np.testing.assert_array_equal(data.class_counts(labels[lab], 10), lt_lab)
+  np.testing.assert_array_equal(data.class_counts(labels[unl], 10), expected_unl)
+  lab2, unl2 = data.split_lt(labels, 150, 200, 10, seed=0, unlabeled_profile=profile)
+  np.testing.assert_array_equal(lab, lab2)
+  np.testing.assert_array_equal(unl, unl2)
+
+
+def test_split_lt_reversed_is_mirror_and_errors():
+  labels = _labels((400,) * 10)
+  _, fwd = data.split_lt(labels, 100, 300, 100, seed=3)
+  _, rev = data.split_lt(labels, 100, 300, 100, seed=3, unlabeled_profile="reversed")
+  np.testing.assert_array_equal(data.class_counts(labels[rev], 10),
+                                data.class_counts(labels[fwd], 10)[::-1])
+  with pytest.raises(ValueError, match="class 0"):  # 150 + 300 > 400
+    data.split_lt(labels, 150, 300, 100, seed=0)
+  with pytest.raises(ValueError, match="unlabeled_profile"):
+    data.split_lt(labels, 10, 10, 10, seed=0, unlabeled_profile="uniform")
+
+
+def test_missing_data_fails_fast(tmp_path):
+  start = time.monotonic()
+  with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR") as info:
+    data.load_split("cifar10", "test", data_dir=str(tmp_path))
+  assert str(tmp_path) in str(info.value) and "cifar10" in str(info.value)
+  with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR"):
+    data.stream("cifar10", "test", 8, seed=0, data_dir=str(tmp_path))
+  assert time.monotonic() - start < 5
+
+
+def test_dataset_dir_without_prepared_version_fails_fast(tmp_path):
+  (tmp_path / "cifar10").mkdir()  # Passes the quick check; TFDS says not prepared.
+  start = time.monotonic()
+  with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR"):
+    data.load_split("cifar10", "test", data_dir=str(tmp_path))
+  assert time.monotonic() - start < 30  # Includes importing TensorFlow.
+
+
+def test_import_does_not_import_tensorflow():
+  code = ("import sys, dlpl_jax.data; "
+          "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def _real_data_prepared():
+  return os.path.isdir(os.path.join(REAL_DATA_DIR, "cifar10"))
+
+
+@pytest.mark.skipif(not _real_data_prepared(),
+                    reason=f"CIFAR-10 not prepared in {REAL_DATA_DIR}")
+def test_real_cifar10():
+  images, labels = data.load_split("cifar10", "test", data_dir=REAL_DATA_DIR)
+  assert images.shape == (10000, 32, 32, 3) and images.dtype == np.uint8
+  assert labels.shape == (10000,) and labels.dtype == np.int32
+  np.testing.assert_array_equal(data.class_counts(labels, 10), [1000] * 10)
+
+  batches = data.stream("cifar10", "test", 16, seed=0, data_dir=REAL_DATA_DIR)
+  batch = next(batches)
+  assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.uint8
+  assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
+
+
+def test_missing_tensorflow_says_what_to_install(tmp_path, monkeypatch):
+  (tmp_path / "cifar10").mkdir()
+  monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails.
+  with pytest.raises(ImportError, match="pip install tensorflow-cpu tensorflow-data"):
+    data.load_split("cifar10", "test", data_dir=str(tmp_path))
