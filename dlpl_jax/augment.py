@@ -232,22 +232,32 @@ def _tables(height: int, width: int) -> _Tables:
 
 
 @functools.lru_cache(maxsize=None)
-def _autocontrast_keys() -> np.ndarray:
-  """Sorted ``lo * 65536 + hi * 256 + i`` where Pillow's autocontrast LUT is one below
-  ``(255 * (i - lo)) // (hi - lo)``: Pillow evaluates ``int(i * scale + offset)`` in
-  float64, which falls just under an exact integer for ~12k of the ~2.8M entries."""
-  keys = []
+def _autocontrast_fixes() -> tuple[np.ndarray, np.ndarray]:
+  """Where Pillow's autocontrast LUT is one below the exact ``(255 (i - lo)) // (hi - lo)``.
+
+  Pillow evaluates ``int(i * scale + offset)`` in float64, which falls just under an
+  exact integer for ~12k of the ~2.8M (lo, hi, i) entries (at most 17 per (lo, hi)).
+  Returns CSR form: ``offsets`` int32 ``[256 * 256 + 1]`` indexed by ``lo * 256 + hi``
+  and the entries ``i`` int32 ``[~12k]``.
+  """
+  pairs, values = [], []
   for d in range(1, 256):
     lo = np.arange(0, 256 - d, dtype=np.int64)[:, None]
     k = np.arange(0, d + 1, dtype=np.int64)[None, :]
-    i = lo + k
     scale = 255.0 / d
-    pil = np.floor(i * scale + (-lo * scale)).astype(np.int64)
-    exact = (255 * k) // d
-    lo_b, k_b = np.nonzero(pil != exact)
-    lo_v = lo[lo_b, 0]
-    keys.append(lo_v * 65536 + (lo_v + d) * 256 + (lo_v + k_b))
-  return np.sort(np.concatenate(keys)).astype(np.int32)
+    pil = np.floor((lo + k) * scale + (-lo * scale)).astype(np.int64)
+    lo_b, k_b = np.nonzero(pil != (255 * k) // d)
+    pairs.append(lo[lo_b, 0] * 256 + lo[lo_b, 0] + d)
+    values.append(lo[lo_b, 0] + k_b)
+  pairs, values = np.concatenate(pairs), np.concatenate(values)
+  order = np.lexsort((values, pairs))
+  counts = np.bincount(pairs, minlength=256 * 256)
+  assert counts.max() <= _AUTOCONTRAST_MAX_FIXES
+  offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+  return offsets, values[order].astype(np.int32)
+
+
+_AUTOCONTRAST_MAX_FIXES = 17
 
 
 # ----------------------------------------------------------------------------------
@@ -286,38 +296,60 @@ def histogram(img: jax.Array) -> jax.Array:
   return jnp.zeros((c * 256,), jnp.int32).at[idx].add(1, mode="drop").reshape(c, 256)
 
 
-def _lo_hi(hist: jax.Array) -> tuple[jax.Array, jax.Array]:
-  nz = hist > 0
-  lo = jnp.argmax(nz, axis=-1).astype(jnp.int32)
-  hi = (255 - jnp.argmax(nz[:, ::-1], axis=-1)).astype(jnp.int32)
-  return lo, hi
+def _cumulative(hist: jax.Array):
+  """(count <= i ``[C, 256]``, pixels per channel ``[C]``, lo ``[C]``, hi ``[C]``) where
+  lo / hi are the first / last non-empty bins."""
+  cum = jnp.cumsum(hist, axis=-1)
+  n = cum[:, -1]
+  lo = jnp.sum(cum == 0, axis=-1, dtype=jnp.int32)
+  hi = jnp.sum(cum < n[:, None], axis=-1, dtype=jnp.int32)
+  return cum, n, lo, hi
+
+
+def _autocontrast_lut(lo: jax.Array, hi: jax.Array) -> jax.Array:
+  i = jnp.arange(256, dtype=jnp.int32)[None, :]
+  # floor(a / d) in float32 is exact here (a < 2^24, and a non-integer a/d is >= 1/d
+  # from an integer), and vectorises where an integer division does not.
+  d = jnp.maximum(hi - lo, 1).astype(jnp.float32)[:, None]
+  q = jnp.floor((255 * (i - lo[:, None])).astype(jnp.float32) / d).astype(jnp.int32)
+  offsets, values = (jnp.asarray(a) for a in _autocontrast_fixes())
+  pair = lo * 256 + hi                                          # [C]
+  start = jnp.take(offsets, pair, mode="clip")
+  count = jnp.take(offsets, pair + 1, mode="clip") - start
+  j = jnp.arange(_AUTOCONTRAST_MAX_FIXES, dtype=jnp.int32)
+  fixes = jnp.take(values, start[:, None] + j, mode="clip")     # [C, 17]
+  fixes = jnp.where(j < count[:, None], fixes, 256)             # 256: dropped below
+  rows = jnp.broadcast_to(jnp.arange(lo.shape[0])[:, None], fixes.shape)
+  q = q.at[rows, fixes].add(-1, mode="drop")
+  return jnp.where((hi > lo)[:, None], jnp.clip(q, 0, 255), i)
+
+
+def _equalize_lut(hist, cum, n, lo, hi) -> jax.Array:
+  i = jnp.arange(256, dtype=jnp.int32)[None, :]
+  below = cum - hist                                            # pixels < i
+  last = n - jnp.take_along_axis(below, hi[:, None], axis=-1)[:, 0]  # count of the max
+  step = (n - last) // 255
+  safe = jnp.maximum(step, 1)[:, None]
+  num = (safe // 2 + below).astype(jnp.float32)  # exact float floor-division, as above
+  lut = jnp.minimum(jnp.floor(num / safe.astype(jnp.float32)), 255).astype(jnp.int32)
+  # (the min: Image.point clips LUT values to 8 bits)
+  return jnp.where(((hi == lo) | (step == 0))[:, None], i, lut)
 
 
 def autocontrast_lut(hist: jax.Array) -> jax.Array:
-  """``PIL.ImageOps.autocontrast`` (cutoff 0) LUT ``[C, 256]`` from a histogram ``[C, 256]``."""
-  lo, hi = _lo_hi(hist)
-  lo, hi = lo[:, None], hi[:, None]
-  i = jnp.arange(256, dtype=jnp.int32)[None, :]
-  q = (255 * (i - lo)) // jnp.maximum(hi - lo, 1)
-  keys = jnp.asarray(_autocontrast_keys())
-  key = lo * 65536 + hi * 256 + i
-  pos = jnp.clip(jnp.searchsorted(keys, key), 0, keys.shape[0] - 1)
-  q = q - (keys[pos] == key).astype(jnp.int32)
-  return jnp.where(hi > lo, jnp.clip(q, 0, 255), i)
+  """``PIL.ImageOps.autocontrast`` (cutoff 0) LUT ``[C, 256]`` from a histogram ``[C, 256]``.
+
+  The exact stretch ``(255 (i - lo)) // (hi - lo)``, minus one at the entries where
+  Pillow's float64 ``int(i * scale + offset)`` falls just below the exact integer (at
+  most 17 per (lo, hi) pair, from a table: see ``_autocontrast_fixes``).
+  """
+  _, _, lo, hi = _cumulative(hist)
+  return _autocontrast_lut(lo, hi)
 
 
 def equalize_lut(hist: jax.Array) -> jax.Array:
   """``PIL.ImageOps.equalize`` LUT ``[C, 256]`` (integer arithmetic) from a histogram."""
-  lo, hi = _lo_hi(hist)
-  n = jnp.sum(hist, axis=-1)
-  cum = jnp.cumsum(hist, axis=-1) - hist           # pixels strictly below i
-  last = jnp.take_along_axis(hist, hi[:, None], axis=-1)[:, 0]
-  step = (n - last) // 255
-  safe = jnp.maximum(step, 1)[:, None]
-  lut = jnp.minimum((safe // 2 + cum) // safe, 255)  # Image.point clips to 8 bits
-  i = jnp.arange(256, dtype=jnp.int32)[None, :]
-  keep = ((hi == lo) | (step == 0))[:, None]
-  return jnp.where(keep, i, lut)
+  return _equalize_lut(hist, *_cumulative(hist))
 
 
 def posterize_lut(bits, channels: int = 3) -> jax.Array:
@@ -351,17 +383,20 @@ def _mean_luma(l: jax.Array) -> jax.Array:
 
 def smooth(img: jax.Array) -> jax.Array:
   """``img.filter(ImageFilter.SMOOTH)``: 3x3 kernel [[1,1,1],[1,5,1],[1,1,1]]/13, rounded;
-  the one-pixel border is copied from the input (as Pillow does). ``[H, W, C]``."""
+  the one-pixel border is copied from the input (as Pillow does). ``[H, W, C]``.
+
+  Pillow sums ``x * (k / 13)`` in float32 and rounds half up. The exact value is n/13
+  for an integer n, never closer than 1/26 to a rounding boundary, far above float32
+  error, so ``floor((n + 6.5) / 13)`` from the integer box sum gives the same result.
+  """
   h, w = img.shape[:2]
-  k1 = np.float32(1.0) / np.float32(13.0)
-  k5 = np.float32(5.0) / np.float32(13.0)
-  s = None
-  for dy in range(3):
-    for dx in range(3):
-      term = img[dy:dy + h - 2, dx:dx + w - 2] * (k5 if dy == dx == 1 else k1)
-      s = term if s is None else s + term
-  inner = jnp.floor(jnp.clip(s, 0.0, 255.0) + 0.5)
-  return img.at[1:-1, 1:-1].set(inner)
+  rows = img[:, :-2] + img[:, 1:-1] + img[:, 2:]
+  n = rows[:-2] + rows[1:-1] + rows[2:] + 4.0 * img[1:-1, 1:-1]
+  inner = jnp.pad(jnp.floor((n + 6.5) / 13.0), ((1, 1), (1, 1), (0, 0)))
+  ys = jnp.arange(h)[:, None, None]
+  xs = jnp.arange(w)[None, :, None]
+  border = (ys == 0) | (ys == h - 1) | (xs == 0) | (xs == w - 1)
+  return jnp.where(border, img, inner)
 
 
 def blend(img: jax.Array, degenerate, factor) -> jax.Array:
@@ -605,15 +640,19 @@ def _ra_slot(img: jax.Array, op, level, negate) -> jax.Array:
   """One RandAugment op on an image, as LUT -> blend -> affine stages (see module doc)."""
   h, w, c = img.shape
   t = _tables(h, w)
-  # 1. LUT stage.
+  # 1. LUT stage. The op's LUT is picked with a one-hot dot rather than a select: XLA
+  # does not fuse a dot into the gather that applies the LUT, whereas a select chain
+  # would be fused and the LUT (autocontrast fixes, equalize) recomputed per pixel.
   hist = histogram(img)
+  cum, n, lo, hi = _cumulative(hist)
   ident = jnp.broadcast_to(jnp.arange(256, dtype=jnp.int32), (c, 256))
-  lut = jnp.select(
-      [op == AUTO_CONTRAST, op == EQUALIZE, op == POSTERIZE, op == SOLARIZE],
-      [autocontrast_lut(hist), equalize_lut(hist),
-       posterize_lut(jnp.asarray(t.bits)[level], c),
-       solarize_lut(jnp.asarray(t.threshold)[level], c)],
-      ident)
+  cands = jnp.stack([
+      ident, _autocontrast_lut(lo, hi), _equalize_lut(hist, cum, n, lo, hi),
+      posterize_lut(jnp.asarray(t.bits)[level], c),
+      solarize_lut(jnp.asarray(t.threshold)[level], c)]).astype(jnp.float32)
+  pick = jnp.asarray(_LUT_SLOT)[op] == jnp.arange(cands.shape[0])
+  lut = jnp.einsum("k,kcv->cv", pick.astype(jnp.float32), cands,
+                   precision=jax.lax.Precision.HIGHEST)
   x = apply_lut(img, lut)
   # 2. Blend stage: degenerate image per enhance op; x itself otherwise (identity).
   l = luma(x)
@@ -625,6 +664,11 @@ def _ra_slot(img: jax.Array, op, level, negate) -> jax.Array:
   # 3. Affine stage.
   fix = jnp.asarray(t.affine_fix)[op, level, negate.astype(jnp.int32)]
   return affine_fixed(x, fix)
+
+
+# Which LUT of the LUT stage each op uses (0: identity).
+_LUT_SLOT = np.zeros((NUM_OPS,), np.int32)
+_LUT_SLOT[[AUTO_CONTRAST, EQUALIZE, POSTERIZE, SOLARIZE]] = [1, 2, 3, 4]
 
 
 def _strong_one(img: jax.Array, p: StrongParams) -> jax.Array:

@@ -26,6 +26,9 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, force: bool = False) -> bool:
+    """Saves ``state`` as ``step`` (no-op when that step is already saved)."""
+    if step == self.manager.latest_step():
+      return False
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def restore_latest(self, state):

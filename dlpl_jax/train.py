@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -70,9 +69,14 @@ class StepConfig:
 
 def learning_rate_schedule(config) -> optax.Schedule:
   """FixMatch's lr * cos(pi * cosine_factor * step / total_steps)."""
+  return _schedule(config.lr, config.cosine_factor, config.total_steps)
+
+
+@functools.lru_cache(maxsize=None)
+def _schedule(lr: float, cosine_factor: float, total_steps: int) -> optax.Schedule:
   def schedule(step):
-    frac = jnp.minimum(step, config.total_steps) / config.total_steps
-    return config.lr * jnp.cos(jnp.pi * config.cosine_factor * frac)
+    frac = jnp.minimum(step, total_steps) / total_steps
+    return lr * jnp.cos(jnp.pi * cosine_factor * frac)
   return schedule
 
 
@@ -85,16 +89,32 @@ def _decay_mask(params):
 def make_optimizer(config) -> optax.GradientTransformation:
   """SGD with Nesterov momentum and FixMatch's cosine schedule; weight decay is added
   to the gradient before momentum (coupled, as torch.optim.SGD(weight_decay=...) in
-  FixMatch-pytorch), on kernels only."""
+  FixMatch-pytorch), on kernels only.
+
+  Cached on the config's numbers: the optimizer is a static part of the TrainState's
+  tree structure, so an equal config must give the same object for jit's cache to hit.
+  """
+  return _optimizer(config.lr, config.cosine_factor, config.total_steps,
+                    config.weight_decay, config.momentum, config.nesterov)
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(lr, cosine_factor, total_steps, weight_decay, momentum, nesterov):
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=_decay_mask),
-      optax.sgd(learning_rate_schedule(config), momentum=config.momentum,
-                nesterov=config.nesterov))
+      optax.add_decayed_weights(weight_decay, mask=_decay_mask),
+      optax.sgd(_schedule(lr, cosine_factor, total_steps), momentum=momentum,
+                nesterov=nesterov))
 
 
 def build_model(config) -> nn.Module:
-  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  return models.create_model(config.model, config.num_classes, dtype=dtype)
+  """The config's model (cached, so ``state.apply_fn`` is the same object per config)."""
+  return _model(config.model, config.num_classes, config.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str, num_classes: int, dtype: str) -> nn.Module:
+  return models.create_model(name, num_classes,
+                             dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
 
 
 def create_train_state(config, model: nn.Module, image_shape: tuple[int, ...]) -> TrainState:

@@ -83,7 +83,8 @@ def _check_divisible(config, n_devices: int) -> None:
 
 
 def train_and_evaluate(config, workdir: str,
-                       data: input_pipeline.SSLData | None = None) -> dict:
+                       data: input_pipeline.SSLData | None = None,
+                       stop_at: int | None = None) -> dict:
   """Trains (or resumes) a FixMatch/DebiasPL run in ``workdir`` and evaluates it.
 
   Args:
@@ -91,6 +92,8 @@ def train_and_evaluate(config, workdir: str,
     workdir: run folder: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
       ``config.json``, ``class_features.npz``, ``summary.json``.
     data: optional in-memory splits; default reads the config's TFDS dataset.
+    stop_at: stop after this step with a checkpoint, as if interrupted (for a job with
+      a time budget, and for the resume test); the schedule still spans total_steps.
 
   Returns:
     The summary dict (also written to ``summary.json``); ``interrupted`` is True when a
@@ -174,6 +177,8 @@ def train_and_evaluate(config, workdir: str,
         do_log = step % config.log_every == 0 or last
         do_eval = step % config.eval_every == 0 or last
         do_ckpt = step % config.checkpoint_every == 0 or last
+        if stop_at is not None and step >= stop_at and not last:
+          stop.received = f"stop_at={stop_at}"
         if do_log or do_eval or do_ckpt:
           scalars = flush()
           if do_log:
