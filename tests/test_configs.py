@@ -1,0 +1,54 @@
+"""Every experiment config loads, validates, and sets what its docstring promises."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from dlpl_jax import configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = [
+    ("cifar10_4shot", "", dict(labels_per_class=4, model="wrn28_2", method="debiaspl")),
+    ("cifar10_4shot", "fixmatch", dict(method="fixmatch")),
+    ("cifar10_4shot", "smoke", dict(model="cnn_small", total_steps=12)),
+    ("cifar10_25shot", "", dict(labels_per_class=25)),
+    ("cifar10_400shot", "fixmatch", dict(labels_per_class=400, method="fixmatch")),
+    ("cifar100", "4", dict(num_classes=100, model="wrn28_8", labels_per_class=4)),
+    ("cifar100", "100,fixmatch", dict(labels_per_class=100, method="fixmatch")),
+    ("cifar10_lt", "1500_3000_100", dict(mu=2, total_steps=2**18)),
+    ("cifar10_lt", "500_4000_150_reversed", dict()),
+    ("cifar10_mismatch", "1500_3000_100,fixmatch", dict(method="fixmatch")),
+]
+
+
+@pytest.mark.parametrize("name,variant,expected", CASES)
+def test_config(name, variant, expected):
+  mod = importlib.import_module(f"experiments.{name}")
+  c = mod.get_config(variant) if variant else mod.get_config()
+  configs.validate(c)
+  for k, v in expected.items():
+    assert c[k] == v, (k, c[k], v)
+  assert c.is_locked
+
+
+def test_lt_variants():
+  from experiments import cifar10_lt, cifar10_mismatch  # pylint: disable=g-import-not-at-top
+  c = cifar10_lt.get_config("500_4000_150_reversed")
+  assert (c.lt.n1, c.lt.m1, c.lt.gamma, c.lt.unlabeled_profile) == (500, 4000, 150.0, "reversed")
+  assert cifar10_mismatch.get_config().lt.unlabeled_profile == "balanced"
+  with pytest.raises(ValueError, match="1500_3000_100"):
+    cifar10_lt.get_config("1500_3000")
+  with pytest.raises(ValueError, match="unknown variant"):
+    cifar10_lt.get_config("1500_3000_100,fixmath")
+
+
+def test_every_experiment_has_a_documented_get_config():
+  for path in glob.glob(os.path.join(REPO, "experiments", "*.py")):
+    name = os.path.basename(path)[:-3]
+    if name.startswith("_") or not name.startswith(("cifar", "study")):
+      continue
+    mod = importlib.import_module(f"experiments.{name}")
+    assert "make train CONFIG=" in (mod.__doc__ or "") or "make study" in (mod.__doc__ or ""), name
+    assert callable(mod.get_config), name
