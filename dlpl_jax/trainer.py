@@ -207,10 +207,12 @@ def train_and_evaluate(config, workdir: str,
             record.update(metrics_lib.pseudo_label_stats(host["cm"], "pseudo_masked"))
             writer.write(step, "eval", record)
             evals[step] = record
-            if jax.process_index() == 0:
-              np.savez(os.path.join(workdir, "class_features.npz"), step=step,
-                       class_means=ev["class_features"],
-                       per_class_acc=np.asarray(ev["eval/per_class"]))
+            if jax.process_index() == 0:  # latest, plus one small file per evaluation
+              os.makedirs(os.path.join(workdir, "features"), exist_ok=True)
+              for path in (os.path.join(workdir, "class_features.npz"),
+                           os.path.join(workdir, "features", f"class_features_{step}.npz")):
+                np.savez(path, step=step, class_means=ev["class_features"],
+                         per_class_acc=np.asarray(ev["eval/per_class"]))
             state = state.replace(confusion=zeros_cc(), confusion_masked=zeros_cc())
             msg = (f"step {step}: EMA test top-1 {ev['eval/top1']:.2f}%, pseudo-label acc "
                    f"{record['pseudo/acc']:.3f}, imbalance {record['pseudo/imbalance']:.1f}")

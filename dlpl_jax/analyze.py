@@ -1,0 +1,806 @@
+"""Plots and a markdown report of pseudo-label bias from one or two run folders (issue 5).
+
+Command line (``make analyze WORKDIR=runs/x [ARGS="runs/y"]``)::
+
+  python -m dlpl_jax.analyze WORKDIR [WORKDIR2] [--out DIR] [--last-frac 0.25]
+
+writes ``report.md`` and PNGs into ``--out`` (default ``WORKDIR/analysis``, or
+``WORKDIR/analysis_vs_<basename of WORKDIR2>`` for two runs). It reads only files
+(``metrics.jsonl``, ``config.json``, ``summary.json``, ``class_features.npz``), so it
+works on a finished or a still-running run and never imports TensorFlow.
+
+Panels (one run, or the two runs side by side):
+
+* ``a_proportions.png`` -- a: each class's share of the pseudo-labels in each eval
+  window (column sums of ``pseudo/confusion``), dashed 1/C (the paper's Figure 1);
+  a2: the same for the confident (masked) pseudo-labels.
+* ``b_confusion.png`` -- the row-normalised pseudo-label confusion matrix on the
+  unlabeled set, summed over the last ``last_frac`` of the eval windows.
+* ``c_precision_recall.png`` -- per-class pseudo-label precision and recall against the
+  class's share of the pseudo-labels (same windows as b).
+* ``d_similarity.png`` -- cosine similarity of the EMA model's class-mean penultimate
+  features (``class_features.npz``, last eval); the similarity rows of the most and
+  least pseudo-labelled classes; each class's mean similarity to the others against its
+  pseudo-label share.
+* ``curves.png`` -- test top-1, pseudo-label imbalance (max/min count) and KL to
+  uniform per eval window.
+
+Notebooks can call the pieces: :func:`load_run`, :func:`proportions`,
+:func:`window_confusion`, :func:`plot_proportions`, :func:`plot_confusion`,
+:func:`plot_precision_recall`, :func:`plot_similarity`, :func:`plot_similarity_rows`,
+:func:`plot_curves` (each draws on a given Matplotlib ``ax``) and :func:`analyze`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from dlpl_jax import metrics as metrics_lib
+
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck")
+ALL, MASKED = "pseudo/confusion", "pseudo_masked/confusion"
+# Beyond this many classes: no per-class legend/annotations, only extremes highlighted.
+_MANY = 12
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclasses.dataclass
+class Run:
+  """What a workdir holds, read from files (any of them may be missing)."""
+  workdir: str
+  config: dict
+  summary: dict | None
+  records: list[dict]               # every metrics.jsonl record, in file order
+  evals: list[dict]                 # kind == "eval", sorted by step, one per step
+  features: dict | None             # class_features.npz: step, class_means, per_class_acc
+  class_names: list[str]
+
+  @property
+  def name(self) -> str:
+    return os.path.basename(os.path.normpath(self.workdir))
+
+  @property
+  def method(self) -> str:
+    return str(self.config.get("method", "?"))
+
+  @property
+  def label(self) -> str:
+    return f"{self.method} ({self.name})"
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def _read_json(path: str) -> dict | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def eval_records(records: Sequence[dict]) -> list[dict]:
+  """The ``kind == "eval"`` records sorted by step (the last one wins for a repeated step,
+  e.g. after a resume)."""
+  by_step = {r["step"]: r for r in records if r.get("kind") == "eval" and "step" in r}
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def class_names(config: dict, num_classes: int) -> list[str]:
+  """CIFAR-10 names; else ``label.labels.txt`` of the TFDS dataset when found; else
+  ``"0", "1", ...``."""
+  dataset = str(config.get("dataset", ""))
+  if dataset == "cifar10" and num_classes == 10:
+    return list(CIFAR10_NAMES)
+  roots = [os.environ.get("TFDS_DATA_DIR", ""),
+           os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+               os.path.abspath(__file__)))), "shared", "tensorflow_datasets")]
+  for root in roots:
+    if not (root and dataset):
+      continue
+    for path in sorted(glob.glob(os.path.join(root, dataset, "*", "label.labels.txt"))):
+      with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+      if len(names) == num_classes:
+        return names
+  return [str(i) for i in range(num_classes)]
+
+
+def _num_classes(config: dict, evals: Sequence[dict], features: dict | None) -> int:
+  for r in evals:
+    if ALL in r:
+      return len(r[ALL])
+  if config.get("num_classes"):
+    return int(config["num_classes"])
+  if features is not None:
+    return int(np.asarray(features["class_means"]).shape[0])
+  return 0
+
+
+def load_run(workdir: str) -> Run:
+  """Reads a (finished or running) workdir; tolerates a torn last line of metrics.jsonl
+  and missing files."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"no such workdir: {workdir}")
+  config = _read_json(os.path.join(workdir, "config.json")) or {}
+  summary = _read_json(os.path.join(workdir, "summary.json"))
+  path = os.path.join(workdir, "metrics.jsonl")
+  records = metrics_lib.read_jsonl(path) if os.path.exists(path) else []
+  records = [r for r in records if isinstance(r, dict)]
+  evals = eval_records(records)
+  features = None
+  fpath = os.path.join(workdir, "class_features.npz")
+  if os.path.exists(fpath):
+    try:
+      with np.load(fpath) as z:
+        features = {k: z[k] for k in z.files}
+      if "class_means" not in features:
+        features = None
+    except Exception:  # pylint: disable=broad-except  (half-written by a running job)
+      features = None
+  c = _num_classes(config, evals, features)
+  return Run(workdir, config, summary, records, evals, features, class_names(config, c))
+
+
+# ------------------------------------------------------------------------ statistics
+
+
+def proportions(evals: Sequence[dict], key: str = ALL) -> tuple[np.ndarray, np.ndarray]:
+  """Per-eval-window pseudo-label class proportions.
+
+  Args:
+    evals: eval records (sorted by step).
+    key: ``"pseudo/confusion"`` (all pseudo-labels) or ``"pseudo_masked/confusion"``.
+
+  Returns:
+    ``steps [E]`` and ``props [E, C]``: column sums of the window's confusion matrix over
+    its total (a NaN row for a window without pseudo-labels). Records without ``key``
+    are skipped.
+
+  Examples:
+    >>> steps, p = proportions([{"step": 5, "pseudo/confusion": [[2, 1], [0, 1]]}])
+    >>> steps.tolist(), p.tolist()
+    ([5], [[0.5, 0.5]])
+  """
+  steps, props = [], []
+  for r in evals:
+    if key not in r:
+      continue
+    counts = np.asarray(r[key], np.float64).sum(axis=0)
+    total = counts.sum()
+    steps.append(r["step"])
+    props.append(counts / total if total > 0 else np.full_like(counts, np.nan))
+  if not props:
+    return np.zeros((0,), np.int64), np.zeros((0, 0))
+  return np.asarray(steps), np.stack(props)
+
+
+def window_confusion(evals: Sequence[dict], key: str = ALL, last_frac: float = 0.25
+                     ) -> tuple[np.ndarray | None, str]:
+  """Sums the confusion matrices of the last ``ceil(last_frac * E)`` (at least one) eval
+  windows. Returns ``(matrix [C, C] or None, description)``, e.g. "steps 750-1000 (last 2
+  of 8 eval windows)"."""
+  rs = [r for r in evals if key in r]
+  if not rs:
+    return None, "no eval windows"
+  n = max(1, math.ceil(last_frac * len(rs)))
+  picked = rs[-n:]
+  conf = np.sum([np.asarray(r[key], np.float64) for r in picked], axis=0)
+  start = rs[-n - 1]["step"] if len(rs) > n else 0
+  return conf, (f"steps {start}-{picked[-1]['step']} "
+                f"(last {n} of {len(rs)} eval window{'s' if len(rs) > 1 else ''})")
+
+
+def cosine_similarity(class_means: np.ndarray) -> np.ndarray:
+  """``[C, C]`` cosine similarity of the rows of ``class_means [C, D]``."""
+  x = np.asarray(class_means, np.float64)
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  return x @ x.T
+
+
+def extremes(conf: np.ndarray) -> tuple[int, float, int, float]:
+  """``(most, share, least, share)``: the most and least pseudo-labelled classes of a
+  confusion matrix and their shares of its pseudo-labels."""
+  counts = np.asarray(conf, np.float64).sum(axis=0)
+  p = counts / max(counts.sum(), 1e-12)
+  hi, lo = int(np.argmax(counts)), int(np.argmin(counts))
+  return hi, float(p[hi]), lo, float(p[lo])
+
+
+# -------------------------------------------------------------------------- plotting
+
+
+def _colors(c: int):
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  if c <= 10:
+    return [colormaps["tab10"](i) for i in range(c)]
+  if c <= 20:
+    return [colormaps["tab20"](i) for i in range(c)]
+  return [colormaps["turbo"](i / max(c - 1, 1)) for i in range(c)]
+
+
+def _empty(ax, text: str) -> None:
+  ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True,
+          fontsize=10, color="0.3")
+  # Not set_xticks([]): that would also empty the ticks of axes shared with this one.
+  ax.tick_params(left=False, bottom=False, labelleft=False, labelbottom=False)
+
+
+def plot_proportions(records: Sequence[dict], ax, key: str = ALL,
+                     names: Sequence[str] | None = None, title: str | None = None,
+                     legend: bool = True) -> None:
+  """Panel a: each class's share of the pseudo-labels per eval window, dashed 1/C.
+
+  ``records``: metrics.jsonl records (eval records are picked out). With more than
+  ``_MANY`` classes the lines are grey and the 3 most and least predicted classes (last
+  window) are coloured.
+  """
+  steps, props = proportions(eval_records(records), key)
+  kind = "confident (masked)" if key == MASKED else "all"
+  ax.set_title(title or f"pseudo-label class proportions, {kind}", fontsize=10)
+  if props.size == 0:
+    _empty(ax, f"no eval records with {key}")
+    return
+  c = props.shape[1]
+  names = list(names) if names is not None else [str(i) for i in range(c)]
+  marker = "o" if len(steps) <= 25 else None
+  if c <= _MANY:
+    for k, col in enumerate(_colors(c)):
+      ax.plot(steps, props[:, k], color=col, marker=marker, ms=3, lw=1.4, label=names[k])
+  else:
+    last = props[~np.isnan(props).any(axis=1)]
+    last = last[-1] if len(last) else np.zeros(c)
+    order = np.argsort(-last)
+    hl = list(order[:3]) + list(order[-3:])
+    for k in range(c):
+      if k not in hl:
+        ax.plot(steps, props[:, k], color="0.75", lw=0.6)
+    for k, col in zip(hl, _colors(10)[:3] + _colors(10)[7:10]):
+      ax.plot(steps, props[:, k], color=col, marker=marker, ms=3, lw=1.4, label=names[k])
+  ax.axhline(1.0 / c, color="k", ls="--", lw=1, label="1/C")
+  if np.isnan(props).all():
+    ax.text(0.5, 0.5, f"no {kind} pseudo-labels yet", ha="center", va="center",
+            transform=ax.transAxes, fontsize=10, color="0.3")
+  ax.set_xlabel("training step (end of eval window)")
+  ax.set_ylabel("share of pseudo-labels")
+  ax.set_ylim(bottom=0)
+  if len(steps) == 1:
+    ax.set_xlim(steps[0] * 0.5, steps[0] * 1.5 + 1)
+  ax.grid(alpha=0.3)
+  if legend:
+    ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0)
+
+
+def _label_points(ax, xs, ys, names, colors, which, markers=()) -> None:
+  """Labels points ``which`` without overlapping labels: points closer than ~2% of the
+  axes share one label ("bird, deer, dog"), and each label takes the first of a few
+  offsets around its point where it overlaps no label placed before it and none of the
+  ``markers`` (``(x, y)`` pairs of arrays, data coordinates)."""
+  fig = ax.figure
+  try:
+    fig.draw_without_rendering()  # run the layout so that pixel positions are final
+    renderer = fig.canvas.get_renderer()
+  except AttributeError:  # a canvas without a renderer: plain offsets
+    renderer = None
+  x0, x1 = ax.get_xlim()
+  y0, y1 = ax.get_ylim()
+  tol_x, tol_y = 0.02 * (x1 - x0), 0.03 * (y1 - y0)
+  groups: list[list[int]] = []
+  for k in sorted(which, key=lambda k: (xs[k], ys[k])):
+    if not (np.isfinite(xs[k]) and np.isfinite(ys[k])):
+      continue
+    for g in groups:
+      if abs(xs[k] - xs[g[0]]) < tol_x and abs(ys[k] - ys[g[0]]) < tol_y:
+        g.append(k)
+        break
+    else:
+      groups.append([k])
+  offsets = [((dx, dy), "left" if dx > 0 else "right")
+             for dy in (3, -10, 12, -19, 21, -28) for dx in (4, -4)]
+  placed = []
+  axbox = ax.get_window_extent(renderer) if renderer is not None else None
+  if renderer is not None:
+    from matplotlib.transforms import Bbox  # pylint: disable=g-import-not-at-top
+    for mx, my in markers:
+      pts = np.column_stack([np.asarray(mx, float), np.asarray(my, float)])
+      for px, py in ax.transData.transform(pts[np.isfinite(pts).all(axis=1)]):
+        placed.append(Bbox([[px - 3, py - 3], [px + 3, py + 3]]))
+  for g in groups:
+    text = ", ".join(names[k] for k in g)
+    color = colors[g[0]] if len(g) == 1 else "0.2"
+    def put(off, ha):
+      ann = ax.annotate(text, (xs[g[0]], ys[g[0]]), xytext=off, textcoords="offset points",
+                        fontsize=7, color=color, ha=ha, annotation_clip=False)
+      ann.set_in_layout(False)
+      return ann
+    if renderer is None:
+      put(*offsets[0])
+      continue
+    best = None  # (number of overlaps, offset) of the least bad inside place
+    for off, ha in offsets:
+      ann = put(off, ha)
+      box = ann.get_window_extent(renderer).padded(1)
+      ann.remove()
+      inside = (box.x0 >= axbox.x0 and box.x1 <= axbox.x1 and box.y0 >= axbox.y0 and
+                box.y1 <= axbox.y1)
+      hits = sum(box.overlaps(b) for b in placed)
+      if inside and (best is None or hits < best[0]):
+        best = (hits, (off, ha))
+      if inside and not hits:
+        break
+    off_ha = best[1] if best is not None else offsets[0]
+    placed.append(put(*off_ha).get_window_extent(renderer).padded(1))
+
+
+def plot_confusion(conf: np.ndarray | None, ax, names: Sequence[str] | None = None,
+                   title: str = "pseudo-label confusion (row-normalised)",
+                   colorbar: bool = True) -> None:
+  """Panel b: row-normalised confusion heatmap (rows = true class, columns =
+  pseudo-label), values annotated when C <= 10."""
+  ax.set_title(title, fontsize=10)
+  if conf is None or np.asarray(conf).sum() == 0:
+    _empty(ax, "no pseudo-labels in these windows")
+    return
+  conf = np.asarray(conf, np.float64)
+  c = conf.shape[0]
+  names = list(names) if names is not None else [str(i) for i in range(c)]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    norm = conf / conf.sum(axis=1, keepdims=True)
+  norm = np.nan_to_num(norm)
+  im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+  _class_ticks(ax, names)
+  ax.set_xlabel("pseudo-label")
+  ax.set_ylabel("true class (unlabeled image)")
+  if c <= 10:
+    for i in range(c):
+      for j in range(c):
+        ax.text(j, i, f"{norm[i, j]:.2f}".lstrip("0") if norm[i, j] < 1 else "1",
+                ha="center", va="center", fontsize=7,
+                color="white" if norm[i, j] > 0.55 else "black")
+  if colorbar:
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def _class_ticks(ax, names: Sequence[str], x: bool = True, y: bool = True) -> None:
+  c = len(names)
+  step = 1 if c <= 20 else int(math.ceil(c / 10))
+  idx = list(range(0, c, step))
+  if x:
+    ax.set_xticks(idx)
+    ax.set_xticklabels([names[i] for i in idx] if c <= 20 else idx, rotation=90 if c <= 20
+                       else 0, fontsize=7)
+  if y:
+    ax.set_yticks(idx)
+    ax.set_yticklabels([names[i] for i in idx] if c <= 20 else idx, fontsize=7)
+
+
+def plot_precision_recall(conf: np.ndarray | None, ax, names: Sequence[str] | None = None,
+                          title: str = "pseudo-label precision / recall") -> None:
+  """Panel c: per-class precision (circle) and recall (triangle) of pseudo-labels
+  against the class's share of the pseudo-labels; the two marks of a class are joined,
+  labelled with the class name; dashed 1/C."""
+  ax.set_title(title, fontsize=10)
+  if conf is None or np.asarray(conf).sum() == 0:
+    _empty(ax, "no pseudo-labels in these windows")
+    return
+  conf = np.asarray(conf, np.float64)
+  c = conf.shape[0]
+  names = list(names) if names is not None else [str(i) for i in range(c)]
+  precision, recall = metrics_lib.per_class_precision_recall(conf)
+  share = conf.sum(axis=0) / conf.sum()
+  cols = _colors(c)
+  order = np.argsort(-share)
+  labelled = set(range(c)) if c <= 20 else set(order[:5]) | set(order[-5:])
+  for k in range(c):
+    ax.plot([share[k]] * 2, [precision[k], recall[k]], color=cols[k], lw=0.8, alpha=0.6)
+  ax.scatter(share, precision, c=cols, marker="o", s=30, label="precision",
+             edgecolors="k", linewidths=0.4)
+  ax.scatter(share, recall, c=cols, marker="^", s=34, label="recall", edgecolors="k",
+             linewidths=0.4)
+  top = np.nan_to_num(np.fmax(precision, recall))
+  ax.axvline(1.0 / c, color="k", ls="--", lw=1)
+  ax.set_xlabel("share of pseudo-labels (dashed: 1/C)")
+  ax.set_ylabel("precision (o) / recall (^)")
+  ax.set_ylim(-0.06, 1.16)
+  ax.set_xlim(0, max(float(np.nanmax(share)) * 1.25, 1.5 / c))
+  _label_points(ax, share, top, names, cols, sorted(labelled),
+                markers=[(share, precision), (share, recall)])
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_similarity(class_means: np.ndarray | None, ax, names: Sequence[str] | None = None,
+                    title: str = "cosine similarity of class-mean features",
+                    colorbar: bool = True) -> None:
+  """Panel d: heatmap of the cosine similarity of class-mean penultimate features."""
+  ax.set_title(title, fontsize=10)
+  if class_means is None:
+    _empty(ax, "no class_features.npz")
+    return
+  sim = cosine_similarity(class_means)
+  c = sim.shape[0]
+  names = list(names) if names is not None else [str(i) for i in range(c)]
+  off = sim[~np.eye(c, dtype=bool)]
+  lo = float(off.min()) if off.size else 0.0
+  im = ax.imshow(sim, cmap="viridis", vmin=min(lo, 0.99), vmax=1.0)
+  _class_ticks(ax, names)
+  if c <= 10:
+    for i in range(c):
+      for j in range(c):
+        ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                color="white" if sim[i, j] < lo + 0.6 * (1 - lo) else "black")
+  if colorbar:
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def plot_similarity_rows(class_means: np.ndarray | None, conf: np.ndarray | None, ax,
+                         names: Sequence[str] | None = None, title: str | None = None
+                         ) -> None:
+  """Panel d, bars: the similarity of the most and of the least pseudo-labelled class
+  (by ``conf``'s column sums) to every other class, with their mean in the legend."""
+  ax.set_title(title or "similarity to the other classes", fontsize=10)
+  if class_means is None or conf is None or np.asarray(conf).sum() == 0:
+    _empty(ax, "no class_features.npz" if class_means is None else "no pseudo-labels")
+    return
+  sim = cosine_similarity(class_means)
+  c = sim.shape[0]
+  names = list(names) if names is not None else [str(i) for i in range(c)]
+  hi, p_hi, lo, p_lo = extremes(conf)
+  # Many classes: the other classes sorted by their similarity to the most predicted one.
+  order = np.arange(c) if c <= 20 else np.argsort(-np.nan_to_num(sim[hi], nan=-2.0))
+  x = np.arange(c)
+  w = 0.4 if c <= 20 else 0.5
+  for off, k, p, col, what in ((-w / 2, hi, p_hi, "tab:red", "most"),
+                               (w / 2, lo, p_lo, "tab:blue", "least")):
+    row = sim[k].copy()
+    others = np.delete(row, k)
+    row[k] = np.nan
+    ax.bar(x + off, row[order], width=w, color=col,
+           label=f"{what} predicted: {names[k]} ({100 * p:.1f}%), "
+                 f"mean {np.mean(others):.2f}")
+  if c <= 20:
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+  else:
+    ax.set_xticks([])
+    ax.set_xlabel(f"classes, by similarity to {names[hi]}")
+  vals = np.delete(np.concatenate([sim[hi], sim[lo]]), [hi, c + lo])
+  if vals.size:
+    span = max(float(vals.max() - vals.min()), 0.05)
+    ax.set_ylim(max(float(vals.min()) - 0.25 * span, -1.0), min(float(vals.max()) + 0.5 * span,
+                                                                  1.05))
+  ax.set_ylabel("cosine similarity")
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=7, loc="upper left")
+
+
+def plot_similarity_vs_share(class_means: np.ndarray | None, conf: np.ndarray | None, ax,
+                             names: Sequence[str] | None = None,
+                             title: str = "mean similarity vs pseudo-label share") -> None:
+  """Panel d, scatter: each class's mean cosine similarity to the other classes against
+  its share of the pseudo-labels (with the Pearson correlation in the title)."""
+  if class_means is None or conf is None or np.asarray(conf).sum() == 0:
+    ax.set_title(title, fontsize=10)
+    _empty(ax, "no class_features.npz" if class_means is None else "no pseudo-labels")
+    return
+  sim = cosine_similarity(class_means)
+  c = sim.shape[0]
+  names = list(names) if names is not None else [str(i) for i in range(c)]
+  mean_sim = (sim.sum(axis=1) - np.diag(sim)) / max(c - 1, 1)
+  conf = np.asarray(conf, np.float64)
+  share = conf.sum(axis=0) / conf.sum()
+  cols = _colors(c)
+  ax.scatter(mean_sim, share, c=cols, s=30, edgecolors="k", linewidths=0.4)
+  ax.axhline(1.0 / c, color="k", ls="--", lw=1)
+  order = np.argsort(-share)
+  shown = range(c) if c <= 20 else sorted(set(order[:5]) | set(order[-5:]))
+  ax.margins(x=0.15, y=0.12)
+  _label_points(ax, mean_sim, share, names, cols, shown, markers=[(mean_sim, share)])
+  r = np.corrcoef(mean_sim, share)[0, 1] if c > 2 and np.std(mean_sim) > 0 and np.std(
+      share) > 0 else float("nan")
+  ax.set_title(f"{title} (r = {r:.2f})", fontsize=10)
+  ax.set_xlabel("mean cosine similarity to the other classes")
+  ax.set_ylabel("share of pseudo-labels")
+  ax.grid(alpha=0.3)
+
+
+def plot_curves(runs: Sequence[Run], axes) -> None:
+  """Test top-1, pseudo-label imbalance (log scale) and KL(pseudo-labels || uniform) per
+  eval, for each run; solid = all pseudo-labels, dotted = confident ones."""
+  ax_top, ax_imb, ax_kl = axes
+  colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+  def value(r: dict, prefix: str, name: str) -> float:
+    if sum(r.get(f"{prefix}/counts", [1])) == 0:  # no (confident) pseudo-labels
+      return np.nan
+    v = r.get(f"{prefix}/{name}")
+    return np.nan if v is None else v
+
+  for run, col in zip(runs, colors):
+    ev = run.evals
+    if not ev:
+      continue
+    steps = [r["step"] for r in ev]
+    mk = "o" if len(ev) <= 25 else None
+    ax_top.plot(steps, [r.get("eval/top1", np.nan) for r in ev], color=col, marker=mk, ms=3,
+                label=run.label)
+    for prefix, ls in (("pseudo", "-"), ("pseudo_masked", ":")):
+      tag = "all" if prefix == "pseudo" else "confident"
+      ax_imb.plot(steps, [value(r, prefix, "imbalance") for r in ev], color=col,
+                  ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
+      ax_kl.plot(steps, [value(r, prefix, "kl_uniform") for r in ev], color=col,
+                 ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
+  ax_top.set_title("EMA model test top-1", fontsize=10)
+  ax_top.set_ylabel("top-1 (%)")
+  ax_imb.set_title("pseudo-label imbalance (max/min count)", fontsize=10)
+  imb = [value(r, p, "imbalance") for run in runs for r in run.evals
+         for p in ("pseudo", "pseudo_masked")]
+  imb = [v for v in imb if math.isfinite(v)]
+  if imb and max(imb) > 20:  # an (almost) absent class: ratios in the hundreds
+    ax_imb.set_yscale("log")
+    from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+    ax_imb.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_imb.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax_imb.axhline(1.0, color="k", ls="--", lw=1)
+  ax_kl.set_title("KL(pseudo-labels || uniform)", fontsize=10)
+  ax_kl.set_ylabel("nats")
+  for ax in axes:
+    ax.set_xlabel("training step")
+    ax.grid(alpha=0.3)
+    if any(r.evals for r in runs):
+      ax.legend(fontsize=7)
+    else:
+      _empty(ax, "no eval records yet")
+
+
+# ------------------------------------------------------------------ figures, report
+
+
+def _figure(nrows: int, ncols: int, w: float, h: float, **kw):
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+  FigureCanvasAgg(fig)  # no pyplot and no global backend change
+  axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+  return fig, axes
+
+
+def _save(fig, out_dir: str, name: str, written: list[str]) -> None:
+  path = os.path.join(out_dir, name)
+  fig.savefig(path, dpi=110)
+  written.append(path)
+
+
+def _features(run: Run) -> np.ndarray | None:
+  if run.features is None:
+    return None
+  m = np.asarray(run.features["class_means"])
+  return m if m.ndim == 2 and m.shape[0] == run.num_classes else None
+
+
+def _fmt(x: Any, pattern: str = "{:.2f}") -> str:
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return "–"
+  return pattern.format(x)
+
+
+def _run_facts(run: Run, last_frac: float) -> dict[str, str]:
+  """The report's rows for one run (the same keys for every run, so two runs share a
+  table; a missing value is "–")."""
+  ev = run.evals
+  total = run.config.get("total_steps")
+  last_step = max([r.get("step", 0) for r in run.records], default=0)
+  status = ("finished" if total and ev and ev[-1]["step"] >= int(total)
+            else "running or interrupted")
+  top1 = [r["eval/top1"] for r in ev if "eval/top1" in r]
+  last = ev[-1] if ev else {}
+  names = [f"class {x}" if x.isdigit() else x for x in run.class_names]
+  facts = {
+      "workdir": f"`{run.workdir}`",
+      "method": run.method,
+      "dataset": f"{run.config.get('dataset', '?')} ({run.num_classes} classes)",
+      "steps": f"{last_step} / {total if total else '?'} ({status})",
+      "evals": f"{len(ev)}" + (f" (last at step {ev[-1]['step']})" if ev else ""),
+      "final test top-1": _fmt(top1[-1] if top1 else None, "{:.2f}%"),
+      "median test top-1 of the last 20 evals":
+          _fmt(float(np.median(top1[-20:])) if top1 else None, "{:.2f}%")
+          + (f" (of {len(top1)})" if 0 < len(top1) < 20 else ""),
+  }
+  if ev:
+    start = ev[-2]["step"] if len(ev) > 1 else 0
+    facts["last eval window"] = f"steps {start}-{last['step']}"
+
+    def stat(name: str, pattern: str) -> str:
+      out = []
+      for prefix in ("pseudo", "pseudo_masked"):
+        empty = sum(last.get(f"{prefix}/counts", [1])) == 0  # no (confident) labels
+        out.append("–" if empty else _fmt(last.get(f"{prefix}/{name}"), pattern))
+      return " / ".join(out)
+
+    facts["pseudo-label acc, all / confident (last window)"] = stat("acc", "{:.3f}")
+    facts["imbalance max/min count, all / confident (last window)"] = stat(
+        "imbalance", "{:.1f}")
+    facts["KL to uniform (nats), all / confident (last window)"] = stat(
+        "kl_uniform", "{:.3f}")
+  for key, tag in ((ALL, "all"), (MASKED, "confident")):
+    conf, desc = window_confusion(ev, key, last_frac)
+    if conf is None:
+      continue
+    if key == ALL:
+      facts["windows of panels b-d"] = desc
+    if conf.sum() == 0:
+      continue
+    hi, p_hi, lo, p_lo = extremes(conf)
+    facts[f"most / least predicted, {tag} (panels b-d windows)"] = (
+        f"{names[hi]} {100 * p_hi:.1f}% / {names[lo]} {100 * p_lo:.1f}% "
+        f"(uniform {100 / len(names):.1f}%)")
+    if key == ALL:
+      true = conf.sum(axis=1) / conf.sum()
+      # Flag a skewed unlabeled set (long-tailed runs), not the sampling noise of a few
+      # hundred images.
+      if conf.sum() >= 200 * len(names) and true.max() > 1.5 * true.min():
+        facts["true classes of the unlabeled images (panels b-d windows)"] = (
+            f"not balanced: {names[int(np.argmax(true))]} {100 * true.max():.1f}% ... "
+            f"{names[int(np.argmin(true))]} {100 * true.min():.1f}%")
+  return facts
+
+
+def _report(runs: Sequence[Run], pngs: list[str], notes: list[str], out_dir: str,
+            last_frac: float) -> str:
+  facts = [_run_facts(r, last_frac) for r in runs]
+  lines = ["# Pseudo-label analysis", ""]
+  if len(runs) == 1:
+    lines += ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in facts[0].items()]
+  else:
+    keys = list(dict.fromkeys(k for f in facts for k in f))
+    lines += ["| | " + " | ".join(r.label for r in runs) + " |",
+              "|---|" + "---|" * len(runs)]
+    lines += [f"| {k} | " + " | ".join(f.get(k, "–") for f in facts) + " |" for k in keys]
+  lines += ["", "Pseudo-label windows: each eval record's confusion counts the unlabeled "
+            "images pseudo-labelled since the previous eval (rows = true class, columns = "
+            "pseudo-label); panels b-d sum the last "
+            f"{100 * last_frac:.0f}% of the windows.", ""]
+  if notes:
+    lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+  lines += ["## Figures", ""]
+  for p in pngs:
+    rel = os.path.relpath(p, out_dir)
+    lines += [f"- [{rel}]({rel})", "", f"  ![{rel}]({rel})", ""]
+  return "\n".join(lines)
+
+
+def analyze(workdirs: Sequence[str], out_dir: str | None = None,
+            last_frac: float = 0.25) -> list[str]:
+  """Writes the PNGs and ``report.md`` for one run or two runs side by side.
+
+  Args:
+    workdirs: one or two run folders.
+    out_dir: output folder; default ``WORKDIR/analysis`` or
+      ``WORKDIR/analysis_vs_<basename of WORKDIR2>``.
+    last_frac: fraction of the eval windows (the last ones, at least one) that panels
+      b-d sum.
+
+  Returns:
+    The written paths (PNGs, then report.md).
+  """
+  if not 1 <= len(workdirs) <= 2:
+    raise ValueError(f"give one or two workdirs, got {len(workdirs)}")
+  runs = [load_run(w) for w in workdirs]
+  if out_dir is None:
+    out_dir = os.path.join(workdirs[0], "analysis" if len(runs) == 1 else
+                           "analysis_vs_" + runs[1].name)
+  os.makedirs(out_dir, exist_ok=True)
+  written: list[str] = []
+  notes: list[str] = []
+  n = len(runs)
+  for r in runs:
+    if not r.records:
+      notes.append(f"{r.label}: no metrics.jsonl records yet.")
+    elif not r.evals:
+      notes.append(f"{r.label}: no eval records yet, so panels a-d are empty.")
+    if _features(r) is None:
+      notes.append(f"{r.label}: no usable class_features.npz; the similarity panel (d) "
+                   "is skipped.")
+    elif r.features is not None and "step" in r.features:
+      notes.append(f"{r.label}: class-mean features from the eval at step "
+                   f"{int(r.features['step'])} (EMA model, test set).")
+  if n == 2 and runs[0].num_classes != runs[1].num_classes:
+    notes.append("the two runs have different numbers of classes.")
+
+  def title(r: Run, what: str) -> str:
+    return f"{r.label}\n{what}" if n == 2 else what
+
+  # a, a2: proportions, rows = all/confident, columns = runs, shared y.
+  fig, axes = _figure(2, n, 6.2 if n == 1 else 5.6, 3.4, sharey="row", sharex="col")
+  for j, r in enumerate(runs):
+    for i, key in enumerate((ALL, MASKED)):
+      tag = "all pseudo-labels" if key == ALL else "confident pseudo-labels (mask = 1)"
+      plot_proportions(r.records, axes[i, j], key, r.class_names,
+                       title=title(r, f"({'a' if i == 0 else 'a2'}) class shares, {tag}"),
+                       legend=(j == n - 1))
+      if j > 0 and proportions(r.evals, key)[1].size:  # shared y, but labelled, in case
+        axes[i, j].tick_params(labelleft=True)            # the other panel is empty
+  _save(fig, out_dir, "a_proportions.png", written)
+
+  windows = [window_confusion(r.evals, ALL, last_frac) for r in runs]
+  side = 5.2 if max(r.num_classes for r in runs) <= 10 else 6.0
+  # b: confusion.
+  fig, axes = _figure(1, n, side, side * 1.08)
+  for j, (r, (conf, desc)) in enumerate(zip(runs, windows)):
+    plot_confusion(conf, axes[0, j], r.class_names,
+                   title=title(r, f"(b) pseudo-label confusion, row-normalised\n{desc}"))
+  _save(fig, out_dir, "b_confusion.png", written)
+
+  # c: precision / recall vs share.
+  fig, axes = _figure(1, n, 5.4, 4.4, sharey=True)
+  for j, (r, (conf, desc)) in enumerate(zip(runs, windows)):
+    plot_precision_recall(conf, axes[0, j], r.class_names,
+                          title=title(r, f"(c) pseudo-label precision / recall\n{desc}"))
+  _save(fig, out_dir, "c_precision_recall.png", written)
+
+  # d: similarity heatmap, bars of the extremes, mean similarity vs share.
+  fig, axes = _figure(n, 3, 5.0, 4.6)
+  for i, (r, (conf, desc)) in enumerate(zip(runs, windows)):
+    feats = _features(r)
+    step = (f", step {int(r.features['step'])}" if feats is not None and
+            "step" in r.features else "")
+    plot_similarity(feats, axes[i, 0], r.class_names,
+                    title=title(r, f"(d) cosine similarity, class-mean features{step}"))
+    plot_similarity_rows(feats, conf, axes[i, 1], r.class_names,
+                         title=title(r, f"most vs least pseudo-labelled class\n{desc}"))
+    plot_similarity_vs_share(feats, conf, axes[i, 2], r.class_names,
+                             title=title(r, "mean similarity vs share"))
+  _save(fig, out_dir, "d_similarity.png", written)
+
+  # Curves: top-1, imbalance, KL.
+  fig, axes = _figure(1, 3, 4.8, 3.6)
+  plot_curves(runs, axes[0])
+  _save(fig, out_dir, "curves.png", written)
+
+  report = os.path.join(out_dir, "report.md")
+  with open(report, "w", encoding="utf-8") as f:
+    f.write(_report(runs, list(written), notes, out_dir, last_frac))
+  written.append(report)
+  return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m dlpl_jax.analyze", description=__doc__.split(
+      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="one run, or two to compare")
+  p.add_argument("--out", default=None, help="output folder (default WORKDIR/analysis or "
+                 "WORKDIR/analysis_vs_<name of WORKDIR2>)")
+  p.add_argument("--last-frac", type=float, default=0.25,
+                 help="fraction of the last eval windows that panels b-d sum (default 0.25)")
+  args = p.parse_args(argv)
+  if len(args.workdirs) > 2:
+    p.error("give one or two workdirs")
+  if not 0 < args.last_frac <= 1:
+    p.error("--last-frac must be in (0, 1]")
+  try:
+    paths = analyze(args.workdirs, args.out, args.last_frac)
+  except FileNotFoundError as e:
+    print(f"[dlpl_jax.analyze] {e}", file=sys.stderr)
+    return 2
+  for path in paths:
+    print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
