@@ -112,7 +112,7 @@ def weak_view(img: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
 
 
 def strong_view(img: np.ndarray, flip, dy, dx, ops, levels, apply, negate, cx, cy,
-                cutout: bool = True) -> np.ndarray:
+                cut_size=None, cutout: bool = True) -> np.ndarray:
   """Weak view, then the RandAugmentMC ops (skipping those with apply=False), then
   CutoutAbs(side // 2), for given draws (the fields of ``augment.StrongParams``)."""
   x = Image.fromarray(weak_view(img, bool(flip), int(dy), int(dx)))
@@ -120,7 +120,8 @@ def strong_view(img: np.ndarray, flip, dy, dx, ops, levels, apply, negate, cx, c
     if a:
       x = apply_op(x, OP_NAMES[int(op)], int(v), bool(neg))
   if cutout:
-    x = cutout_abs(x, int(min(img.shape[:2]) * 0.5), float(cx), float(cy))
+    size = int(min(img.shape[:2]) * 0.5) if cut_size is None else int(cut_size)
+    x = cutout_abs(x, size, float(cx), float(cy))
   return np.asarray(x)
 
 
@@ -139,7 +140,7 @@ class RandomWeak:
 
 class RandomStrong:
   """Per-image random strong view like kekmodel's TransformFixMatch.strong:
-  flip + crop, RandAugmentMC(n=2, m=10), CutoutAbs(16). uint8 [H, W, 3] -> uint8."""
+  flip + crop, RandAugmentMC(n=2, m=10), Cutout of side 1..16. uint8 [H, W, 3] -> uint8."""
 
   def __init__(self, seed: int = 0, n: int = 2, m: int = 10):
     self.weak = RandomWeak(seed)
@@ -153,6 +154,6 @@ class RandomStrong:
       if self.random.random() < 0.5:
         x = apply_op(x, name, v, self.random.random() < 0.5)
     w, h = x.size
-    x = cutout_abs(x, int(min(w, h) * 0.5), self.random.uniform(0, w),
+    x = cutout_abs(x, self.random.randint(1, int(min(w, h) * 0.5)), self.random.uniform(0, w),
                    self.random.uniform(0, h))
     return np.asarray(x)
