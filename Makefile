@@ -41,5 +41,9 @@ bench: $(STAMP)
 analyze: $(STAMP)
 	$(PY) -m dlpl_jax.analyze $(WORKDIR) $(ARGS)
 
+# The CPU study (experiments/study_cpu.py): 2 methods x 2 seeds, table + plots.
+study: $(STAMP)
+	$(PY) -m experiments.run_study $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
