@@ -114,6 +114,11 @@ def train_and_evaluate(config, workdir: str,
       raise NotImplementedError("set in_memory=True; see README (streaming path)")
     data = input_pipeline.load(config)
   _log(f"data: {data.describe(config.num_classes)}")
+  if jax.default_backend() == "cpu" and config.model.startswith("wrn") and (
+      config.total_steps > 10_000):
+    _log(f"note: {config.total_steps} steps of {config.model} on a CPU take weeks (seconds "
+         "per step); this config is meant for a GPU/TPU. For a CPU run use a ':smoke' "
+         "variant or experiments/study_cpu.py")
 
   model = train.build_model(config)
   cfg = train.StepConfig.from_config(config)
