@@ -1,0 +1,176 @@
+"""Throughput benchmark of the train step and the eval step, without TensorFlow.
+
+  python -m dlpl_jax.bench --config=experiments/cifar10_4shot.py [--steps 20] [--warmup 5]
+      [--json out.json] [--config.dtype=bfloat16 ...]
+
+Runs the trainer's own data-parallel step (:func:`dlpl_jax.train.jit_train_step` over
+:func:`~dlpl_jax.train.make_mesh`, state and data replicated, batch sharded along
+``"data"``) on synthetic uint8 images of CIFAR's 32x32 size, so the timed step includes
+the on-device batch draw, weak + strong augmentation, forward/backward, SGD and EMA.
+Each step is timed alone (``block_until_ready``); medians and p10/p90 are reported.
+Eval is :func:`~dlpl_jax.train.jit_eval_step` with the EMA params, one batch of
+``eval_batch_size`` images at a time. Numbers are per process (all its devices).
+
+On CPU (jax 0.10.2) the XLA flag
+``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` (Eigen instead of
+YNNPACK convolutions) made the full step about 2x faster, the kernel gradients most:
+see experiments/results/bench_cpu.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from dlpl_jax import configs
+from dlpl_jax import input_pipeline
+from dlpl_jax import train
+
+IMAGE_SIZE = 32  # CIFAR-10/100, the datasets the configs name
+
+
+def _timed(fn, n: int) -> list[float]:
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def _stats(times: list[float]) -> dict:
+  p10, p50, p90 = np.percentile(times, [10, 50, 90])
+  return {"median": float(p50), "p10": float(p10), "p90": float(p90)}
+
+
+def synthetic_data(config) -> input_pipeline.SSLData:
+  """Learnable synthetic uint8 splits sized for the config (one eval batch of test)."""
+  return input_pipeline.synthetic(
+      config.num_classes, labeled_per_class=4,
+      unlabeled=max(2 * config.batch_size * config.mu, 256),
+      test=config.eval_batch_size, image_size=IMAGE_SIZE)
+
+
+def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | None = None
+                  ) -> dict:
+  """Compiles and times the config's train step and eval step.
+
+  Args:
+    config: a ConfigDict extending :func:`dlpl_jax.configs.get_base_config`.
+    steps: timed train steps (after ``warmup`` untimed ones).
+    warmup: untimed train steps after the first call (which is timed alone).
+    eval_steps: timed eval batches (default ``min(steps, 10)``, at least 2).
+
+  Returns:
+    A flat dict of the setting (device, versions, model, dtype, batch sizes) and the
+    numbers: ``compile_s`` (lower + compile), ``first_step_s``, ``step_s_median`` /
+    ``_p10`` / ``_p90`` (seconds per step), ``steps_per_s``, ``images_per_s`` (both
+    from the median), ``eval_compile_s``, ``eval_batch_s_median`` / ``_p10`` / ``_p90``,
+    ``eval_images_per_s``, ``final_loss``.
+  """
+  configs.validate(config)
+  mesh = train.make_mesh()
+  b, mu = config.batch_size, config.mu
+  for name, v in (("batch_size", b), ("batch_size * mu", b * mu),
+                  ("eval_batch_size", config.eval_batch_size)):
+    if v % mesh.size:
+      raise ValueError(f"{name} = {v} must be divisible by the {mesh.size} devices")
+  data = synthetic_data(config)
+  model = train.build_model(config)
+  cfg = train.StepConfig.from_config(config)
+  state = train.create_train_state(config, model, data.x_l.shape[1:])
+  state = train.replicate(jax.device_get(state), mesh)
+  device_data = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
+                                 "y_u": data.y_u}, mesh)
+
+  t = time.perf_counter()
+  step = train.jit_train_step.lower(state, device_data, model=model, cfg=cfg,
+                                    mesh=mesh).compile()
+  compile_s = time.perf_counter() - t
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], m = step(holder["state"], device_data)
+    return holder["state"], m
+
+  first_step_s = _timed(one_step, 1)[0]
+  _timed(one_step, warmup)
+  times = _timed(one_step, steps)
+  final_loss = float(one_step()[1]["train/loss"])
+  st = _stats(times)
+
+  x_test, y_test = train.replicate((data.x_test, data.y_test), mesh)
+  eb = config.eval_batch_size
+  kw = dict(model=model, num_classes=config.num_classes, batch=eb)
+  ema, bs = holder["state"].ema_params, holder["state"].batch_stats
+  t = time.perf_counter()
+  ev = train.jit_eval_step.lower(ema, bs, x_test, y_test, 0, **kw).compile()
+  eval_compile_s = time.perf_counter() - t
+  run_eval = lambda: ev(ema, bs, x_test, y_test, 0)  # noqa: E731
+  _timed(run_eval, 1)
+  est = _stats(_timed(run_eval, max(2, eval_steps or min(steps, 10))))
+
+  dev = jax.devices()[0]
+  images = b * (1 + 2 * mu)
+  return {
+      "device_kind": dev.device_kind, "platform": dev.platform, "device_count": mesh.size,
+      "jax_version": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "model": config.model, "dtype": config.dtype,
+      "batch_labeled": b, "batch_unlabeled": b * mu, "images_per_step": images,
+      "steps": steps, "warmup": warmup,
+      "compile_s": compile_s, "first_step_s": first_step_s,
+      "step_s_median": st["median"], "step_s_p10": st["p10"], "step_s_p90": st["p90"],
+      "steps_per_s": 1.0 / st["median"], "images_per_s": images / st["median"],
+      "eval_batch": eb, "eval_compile_s": eval_compile_s,
+      "eval_batch_s_median": est["median"], "eval_batch_s_p10": est["p10"],
+      "eval_batch_s_p90": est["p90"], "eval_images_per_s": eb / est["median"],
+      "final_loss": final_loss,
+  }
+
+
+def format_report(r: dict) -> str:
+  return "\n".join([
+      f"device      {r['device_count']} x {r['device_kind']} ({r['platform']}), "
+      f"jax {r['jax_version']}, XLA_FLAGS={r['xla_flags']!r}",
+      f"config      model {r['model']}, dtype {r['dtype']}, labeled B={r['batch_labeled']},"
+      f" unlabeled B*mu={r['batch_unlabeled']}, images/step B*(1+2mu)="
+      f"{r['images_per_step']}",
+      f"compile     train step {r['compile_s']:.1f}s (lower+compile), first call "
+      f"{r['first_step_s']:.2f}s; eval step {r['eval_compile_s']:.1f}s",
+      f"train       {r['steps_per_s']:.3f} steps/s, {r['images_per_s']:.0f} images/s "
+      f"(median {r['step_s_median'] * 1e3:.1f} ms/step, p10 {r['step_s_p10'] * 1e3:.1f}, "
+      f"p90 {r['step_s_p90'] * 1e3:.1f}; {r['steps']} steps after {r['warmup']} warm-up; "
+      f"augmentation included)",
+      f"eval        {r['eval_images_per_s']:.0f} images/s (batch {r['eval_batch']}, median "
+      f"{r['eval_batch_s_median'] * 1e3:.1f} ms/batch, EMA params)",
+      f"final loss  {r['final_loss']:.4f}",
+  ])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  r = run_benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  print(format_report(r), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w", encoding="utf-8") as f:
+      json.dump(r, f, indent=2)
+    print(f"wrote {_JSON.value}")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                            lock_config=True)
+  _STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps.")
+  _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed train steps after the first.")
+  _JSON = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
