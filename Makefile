@@ -14,6 +14,11 @@ ifneq ($(wildcard ../shared/tensorflow_datasets),)
 export TFDS_DATA_DIR ?= $(abspath ../shared/tensorflow_datasets)
 endif
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# XLA:CPU only (ignored by GPU/TPU backends): convolutions through Eigen instead of
+# YNNPACK, whose kernel gradients are slow; halves the CPU train step with the pinned
+# jaxlib 0.10.2 (experiments/results/bench_cpu.md). An unknown flag aborts XLA, so it is
+# tied to the pinned version: override with XLA_FLAGS= when using another jaxlib.
+export XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
 
 .PHONY: install train test test-slow bench analyze study clean
 

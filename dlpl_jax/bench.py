@@ -105,7 +105,7 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
 
   x_test, y_test = train.replicate((data.x_test, data.y_test), mesh)
   eb = config.eval_batch_size
-  kw = dict(model=model, num_classes=config.num_classes, batch=eb)
+  kw = dict(model=model, num_classes=config.num_classes, batch=eb, mesh=mesh)
   ema, bs = holder["state"].ema_params, holder["state"].batch_stats
   t = time.perf_counter()
   ev = train.jit_eval_step.lower(ema, bs, x_test, y_test, 0, **kw).compile()
@@ -173,4 +173,6 @@ if __name__ == "__main__":
   _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed train steps after the first.")
   _JSON = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
   flags.mark_flags_as_required(["config"])
+  import sys  # pylint: disable=g-import-not-at-top
+  configs.check_overrides(sys.argv[1:])
   app.run(main)

@@ -8,6 +8,9 @@ exist fails at once, listing the valid ones.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 METHODS = ("fixmatch", "debiaspl")
@@ -84,3 +87,33 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def effective_tau(c: ml_collections.ConfigDict) -> float:
   """The tau the step uses: 0 for FixMatch (exactly FixMatch), c.tau for DebiasPL."""
   return 0.0 if c.method == "fixmatch" else float(c.tau)
+
+
+def valid_keys(config, prefix: str = "") -> list[str]:
+  """All leaf keys of a ConfigDict, dotted (``lt.gamma``)."""
+  out = []
+  for k, v in config.items():
+    out.extend(valid_keys(v, f"{prefix}{k}.") if hasattr(v, "items") else [prefix + k])
+  return out
+
+
+def _load_config_file(spec: str):
+  """Loads ``path[:variant]`` the way config_flags does, for the key check below."""
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_dlpl_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def check_overrides(argv) -> None:
+  """Fails at start on an unknown --config.KEY override, listing the valid keys."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if spec is None or not keys or not os.path.exists(spec.partition(":")[0]):
+    return
+  valid = set(valid_keys(_load_config_file(spec)))
+  unknown = [k for k in keys if k not in valid]
+  if unknown:
+    raise SystemExit(f"error: unknown config key(s) {unknown}. Valid keys:\n  "
+                     + "\n  ".join(sorted(valid)))

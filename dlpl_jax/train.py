@@ -245,7 +245,7 @@ def train_step_streamed(state: TrainState, labeled: dict[str, jax.Array],
 
 
 def eval_step(params, batch_stats, x_test: jax.Array, y_test: jax.Array, start, *,
-              model: nn.Module, num_classes: int, batch: int):
+              model: nn.Module, num_classes: int, batch: int, mesh: Mesh | None = None):
   """Sums over one evaluation batch sliced on the device from the padded test set.
 
   Args:
@@ -253,13 +253,14 @@ def eval_step(params, batch_stats, x_test: jax.Array, y_test: jax.Array, start, 
     x_test: ``[N_pad, H, W, 3]`` uint8 test images, padded to a multiple of ``batch``.
     y_test: ``[N_pad]`` labels, -1 on padding.
     start: first index of this batch (traced).
+    mesh: the device mesh; the batch is sharded along its ``"data"`` axis.
 
   Returns:
     dict of ``correct [C]``, ``count [C]`` (per true class), ``predicted [C]`` counts,
     ``feature_sum [C, D]`` (penultimate features summed per true class).
   """
-  x = jax.lax.dynamic_slice_in_dim(x_test, start, batch)
-  y = jax.lax.dynamic_slice_in_dim(y_test, start, batch)
+  x = _shard(jax.lax.dynamic_slice_in_dim(x_test, start, batch), mesh)
+  y = _shard(jax.lax.dynamic_slice_in_dim(y_test, start, batch), mesh)
   logits, feats = model.apply({"params": params, "batch_stats": batch_stats}, x,
                               train=False, return_features=True)
   valid = (y >= 0).astype(jnp.float32)
@@ -275,7 +276,7 @@ def eval_step(params, batch_stats, x_test: jax.Array, y_test: jax.Array, start, 
 jit_train_step = jax.jit(train_step, static_argnames=("model", "cfg", "mesh"))
 jit_train_step_streamed = jax.jit(train_step_streamed,
                                   static_argnames=("model", "cfg", "mesh"))
-jit_eval_step = jax.jit(eval_step, static_argnames=("model", "num_classes", "batch"))
+jit_eval_step = jax.jit(eval_step, static_argnames=("model", "num_classes", "batch", "mesh"))
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -303,7 +304,8 @@ def pad_test_set(x: np.ndarray, y: np.ndarray, batch: int):
   return x, y
 
 
-def evaluate(state: TrainState, x_test, y_test, *, model, num_classes: int, batch: int):
+def evaluate(state: TrainState, x_test, y_test, *, model, num_classes: int, batch: int,
+             mesh: Mesh | None = None):
   """EMA-weight evaluation on the (padded, device-resident) test set.
 
   Returns:
@@ -313,7 +315,7 @@ def evaluate(state: TrainState, x_test, y_test, *, model, num_classes: int, batc
   sums = None
   for start in range(0, x_test.shape[0], batch):
     out = jit_eval_step(state.ema_params, state.batch_stats, x_test, y_test, start,
-                        model=model, num_classes=num_classes, batch=batch)
+                        model=model, num_classes=num_classes, batch=batch, mesh=mesh)
     sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   count = np.maximum(sums["count"], 1)

@@ -201,7 +201,8 @@ def train_and_evaluate(config, workdir: str,
                               pl_acc=f"{record['pseudo/acc_all']:.2f}", refresh=False)
           if do_eval:
             ev = train.evaluate(state, x_test, y_test, model=model,
-                                num_classes=config.num_classes, batch=config.eval_batch_size)
+                                num_classes=config.num_classes, batch=config.eval_batch_size,
+                                mesh=mesh)
             host = jax.device_get({"marginal": state.marginal, "c": state.confusion,
                                    "cm": state.confusion_masked})
             record = {k: v for k, v in ev.items() if k != "class_features"}

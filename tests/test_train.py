@@ -139,7 +139,10 @@ def test_two_devices_equal_one_device():
         data = train.replicate({"x_l": d.x_l, "y_l": d.y_l, "x_u": d.x_u, "y_u": d.y_u}, mesh)
         for _ in range(2):
           state, m = train.jit_train_step(state, data, model=model, cfg=cfg, mesh=mesh)
-        out.append(jax.device_get((state.params, state.batch_stats, state.marginal)))
+        xt, yt = train.replicate(train.pad_test_set(d.x_test, d.y_test, 4), mesh)
+        ev = train.evaluate(state, xt, yt, model=model, num_classes=10, batch=4, mesh=mesh)
+        out.append(jax.device_get((state.params, state.batch_stats, state.marginal,
+                                   ev["class_features"])))
         print(len(devs), "devices: marginal", np.round(out[-1][2], 5))
       for a, b in zip(jax.tree_util.tree_leaves(out[0]), jax.tree_util.tree_leaves(out[1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
