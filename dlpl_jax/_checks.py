@@ -56,6 +56,15 @@ def check_unit_interval(name: str, x) -> None:
     raise ValueError(f"{name} must lie in [0, 1], got {v}")
 
 
+def check_logits_marginal_tau(logits, marginal, tau) -> None:
+  """Logits ``[B, C]`` floating, marginal ``[C]`` matching, ``tau >= 0``."""
+  check_rank("logits", logits, 2, "[B, C]")
+  check_float("logits", logits)
+  check_rank("marginal", marginal, 1, "[C]")
+  check_classes("logits", logits, marginal)
+  check_non_negative("tau", tau)
+
+
 def compute_dtype(x):
   """float32 for low-precision inputs (bfloat16/float16); float64 stays float64."""
   return jnp.promote_types(jnp.result_type(x), jnp.float32)

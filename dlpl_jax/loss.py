@@ -140,11 +140,7 @@ def adaptive_margin(
     https://arxiv.org/abs/2001.07685.
   """
   logits = jnp.asarray(logits)
-  _checks.check_rank("logits", logits, 2, "[B, C]")
-  _checks.check_float("logits", logits)
-  _checks.check_rank("marginal", marginal, 1, "[C]")
-  _checks.check_classes("logits", logits, marginal)
-  _checks.check_non_negative("tau", tau)
+  _checks.check_logits_marginal_tau(logits, marginal, tau)
   _check_labels(logits, labels)
   logits = logits.astype(_checks.compute_dtype(logits))
   shifted = logits + jnp.asarray(tau, logits.dtype) * log_marginal(marginal).astype(

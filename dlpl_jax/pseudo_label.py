@@ -57,11 +57,7 @@ def debias(logits: ArrayLike, marginal: ArrayLike, tau: float | ArrayLike = 0.4)
     Wang et al., DebiasPL, https://arxiv.org/abs/2201.01490 (Eq. 3).
   """
   logits = jnp.asarray(logits)
-  _checks.check_rank("logits", logits, 2, "[B, C]")
-  _checks.check_float("logits", logits)
-  _checks.check_rank("marginal", marginal, 1, "[C]")
-  _checks.check_classes("logits", logits, marginal)
-  _checks.check_non_negative("tau", tau)
+  _checks.check_logits_marginal_tau(logits, marginal, tau)
   logits = jax.lax.stop_gradient(logits.astype(_checks.compute_dtype(logits)))
   log_p = jax.lax.stop_gradient(loss_lib.log_marginal(marginal)).astype(logits.dtype)
   return jax.nn.softmax(logits - jnp.asarray(tau, logits.dtype) * log_p, axis=-1)
