@@ -16,11 +16,12 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from dlpl_jax import checkpoint as checkpoint_lib
 from dlpl_jax import configs
+from dlpl_jax import data as data_lib
 from dlpl_jax import input_pipeline
 from dlpl_jax import metrics as metrics_lib
 from dlpl_jax import train
@@ -109,9 +110,10 @@ def train_and_evaluate(config, workdir: str,
   _check_divisible(config, mesh.size)
   _log(f"devices: {mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
        f"{jax.process_count()} process(es)")
+  if not config.in_memory and config.lt.enabled:
+    raise ValueError("in_memory=False streams the whole training split as the unlabeled "
+                     "set; the long-tailed protocols need in_memory=True")
   if data is None:
-    if not config.in_memory:
-      raise NotImplementedError("set in_memory=True; see README (streaming path)")
     data = input_pipeline.load(config)
   _log(f"data: {data.describe(config.num_classes)}")
   if jax.default_backend() == "cpu" and config.model.startswith("wrn") and (
@@ -128,18 +130,34 @@ def train_and_evaluate(config, workdir: str,
   state, restored = ckpt.restore_latest(state)
   if restored is not None:
     _log(f"resumed from {ckpt.directory} at step {restored}")
+  step = int(jax.device_get(state.step))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  device_data = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
-                                 "y_u": data.y_u}, mesh)
+  if config.in_memory:
+    device_data = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
+                                   "y_u": data.y_u}, mesh)
+    next_step = lambda st: train.jit_train_step(st, device_data, model=model, cfg=cfg,
+                                                mesh=mesh)
+  else:  # unlabeled batches streamed through tf.data (datasets that do not fit)
+    labeled = train.replicate({"x_l": data.x_l, "y_l": data.y_l}, mesh)
+    unlabeled = data_lib.stream(config.dataset, "train", config.batch_size * config.mu,
+                                seed=config.seed + step, data_dir=config.data_dir or None)
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def next_step(st):
+      u = next(unlabeled)
+      u = {"image": u["image"], "label": u["label"].astype(np.int32)}
+      u = jax.tree_util.tree_map(
+          lambda x: jax.make_array_from_callback(x.shape, batch_sharding, lambda i: x[i]), u)
+      return train.jit_train_step_streamed(st, labeled, u, model=model, cfg=cfg, mesh=mesh)
+    _log("unlabeled batches streamed from TFDS (tf.data); a resumed run reshuffles")
   x_test, y_test = train.pad_test_set(data.x_test, data.y_test, config.eval_batch_size)
   x_test, y_test = train.replicate((x_test, y_test), mesh)
   lr_fn = train.learning_rate_schedule(config)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   evals = _previous_evals(workdir)
-  step = int(jax.device_get(state.step))
   pending: list[tuple[int, dict]] = []
   zeros_cc = lambda: train.replicate(np.zeros((config.num_classes,) * 2, np.float32), mesh)
   t_window, n_window = time.time(), 0
@@ -167,7 +185,7 @@ def train_and_evaluate(config, workdir: str,
   with _StopSignal() as stop:
     try:
       while step < config.total_steps and stop.received is None:
-        state, m = train.jit_train_step(state, device_data, model=model, cfg=cfg, mesh=mesh)
+        state, m = next_step(state)
         step += 1
         n_window += 1
         pending.append((step, m))

@@ -84,3 +84,18 @@ def test_unknown_config_key_lists_valid_ones(tmp_path):
   assert res.returncode != 0
   assert "unknown config key(s) ['totl_steps']" in res.stderr
   assert "total_steps" in res.stderr and "labels_per_class" in res.stderr
+
+
+def test_streamed_unlabeled_path_on_real_cifar10(tmp_path, cifar_dir):
+  wd = str(tmp_path / "stream")
+  res = run_main([f"--config={SMOKE}", f"--workdir={wd}", "--config.in_memory=False",
+                  "--config.total_steps=4", "--config.eval_every=4",
+                  "--config.checkpoint_every=4", "--config.log_every=2"],
+                 {"TFDS_DATA_DIR": cifar_dir})
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "streamed from TFDS" in res.stderr
+  records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4]
+  # every streamed unlabeled image lands in the confusion counters: 4 steps x 16
+  ev = [r for r in records if r["kind"] == "eval"][-1]
+  assert sum(map(sum, ev["pseudo/confusion"])) == 4 * 16
