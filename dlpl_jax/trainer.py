@@ -189,6 +189,8 @@ def train_and_evaluate(config, workdir: str,
         step += 1
         n_window += 1
         pending.append((step, m))
+        if len(pending) > 1:  # at most one step in flight: an honest progress bar and
+          jax.block_until_ready(pending[-2][1])  # a prompt stop on SIGTERM
         if compiled_at is None:
           jax.block_until_ready(m)
           compiled_at = time.time()
