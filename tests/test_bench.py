@@ -10,19 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlpl_jax import bench
-from dlpl_jax import configs
 from dlpl_jax import train
+from tests import helpers
 
 
 def tiny_config(**overrides):
-  c = configs.get_base_config()
-  c.model = "cnn_small"
-  c.batch_size = 4
-  c.mu = 2
-  c.eval_batch_size = 16
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+  return helpers.small_config(**{"eval_batch_size": 16, **overrides})
 
 
 def test_run_benchmark_reports_positive_numbers():

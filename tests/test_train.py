@@ -15,26 +15,16 @@ from dlpl_jax import configs
 from dlpl_jax import input_pipeline
 from dlpl_jax import train
 from dlpl_jax import trainer
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-  c = configs.get_base_config()
-  c.model = "cnn_small"
-  c.batch_size = 4
-  c.mu = 2
-  c.total_steps = 4
-  c.eval_every = 2
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.eval_batch_size = 64
-  c.progress = False
-  c.threshold = 0.5
-  c.marginal_momentum = 0.9
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+  return helpers.small_config(**{
+      "total_steps": 4, "eval_every": 2, "log_every": 1, "checkpoint_every": 2,
+      "eval_batch_size": 64, "progress": False, "threshold": 0.5,
+      "marginal_momentum": 0.9, **overrides})
 
 
 DATA = input_pipeline.synthetic(labeled_per_class=2, unlabeled=64, test=64)
