@@ -1,10 +1,21 @@
 # dlpl_jax — two commands do all the set-up:
 #   make train   [CONFIG=experiments/cifar10_4shot.py] [WORKDIR=runs/NAME] [ARGS="--config.x=y"]
 #   make test    (fast suite; `make test-slow` adds the slow marker)
+# On a GPU host the venv gets jax[cuda12] automatically; ACCEL=cpu|cuda12|cuda13|tpu overrides.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# The JAX backend the venv gets, at the pinned jax/jaxlib version: cpu, cuda12 or cuda13
+# (jax[cudaNN]: CUDA and cuDNN from pip, an NVIDIA driver is all the host needs) or tpu
+# (jax[tpu]). Default: cuda12 where nvidia-smi sees a GPU, tpu on a Cloud TPU VM, else cpu.
+ifndef ACCEL
+ACCEL  := $(shell if nvidia-smi -L >/dev/null 2>&1; then echo cuda12; \
+            elif [ -e /dev/accel0 ] || [ -e /dev/vfio/0 ]; then echo tpu; else echo cpu; fi)
+endif
+ifeq ($(filter cpu cuda12 cuda13 tpu,$(ACCEL)),)
+$(error ACCEL must be cpu, cuda12, cuda13 or tpu, got '$(ACCEL)')
+endif
+STAMP  := $(VENV)/.installed-$(ACCEL)
 
 CONFIG  ?= experiments/cifar10_4shot.py
 WORKDIR ?= runs/$(basename $(notdir $(firstword $(subst :, ,$(CONFIG)))))$(if $(findstring :,$(CONFIG)),-$(lastword $(subst :, ,$(CONFIG))))
@@ -26,7 +37,9 @@ export XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type=-individual_convoluti
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]' \
+	  $(if $(filter-out cpu,$(ACCEL)),'jax[$(ACCEL)]')
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)

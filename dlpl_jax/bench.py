@@ -7,7 +7,10 @@ Runs the trainer's own data-parallel step (:func:`dlpl_jax.train.jit_train_step`
 :func:`~dlpl_jax.train.make_mesh`, state and data replicated, batch sharded along
 ``"data"``) on synthetic uint8 images of CIFAR's 32x32 size, so the timed step includes
 the on-device batch draw, weak + strong augmentation, forward/backward, SGD and EMA.
-Each step is timed alone (``block_until_ready``); medians and p10/p90 are reported.
+Each step is timed alone (``block_until_ready``; medians and p10/p90 are reported), then
+the same number of steps back to back with one sync at the end, as the trainer runs
+them (on an H100 the two differ by ~3 ms per step, experiments/results/gpu.md); the
+augmentation is also timed alone.
 Eval is :func:`~dlpl_jax.train.jit_eval_step` with the EMA params, one batch of
 ``eval_batch_size`` images at a time. Numbers are per process (all its devices).
 
@@ -24,8 +27,10 @@ import os
 import time
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from dlpl_jax import augment
 from dlpl_jax import configs
 from dlpl_jax import input_pipeline
 from dlpl_jax import train
@@ -45,6 +50,23 @@ def _timed(fn, n: int) -> list[float]:
 def _stats(times: list[float]) -> dict:
   p10, p50, p90 = np.percentile(times, [10, 50, 90])
   return {"median": float(p50), "p10": float(p10), "p90": float(p90)}
+
+
+def _augment_time(mesh, data, b: int, mu: int, steps: int) -> float:
+  """Median seconds of the step's augmentation alone (weak labeled, weak + strong
+  unlabeled: ``b * (1 + 2 mu)`` images), jitted and sharded like the step."""
+  sharding = NamedSharding(mesh, P("data"))
+  x_l = jax.device_put(np.resize(data.x_l, (b,) + data.x_l.shape[1:]), sharding)
+  x_u = jax.device_put(np.resize(data.x_u, (b * mu,) + data.x_u.shape[1:]), sharding)
+
+  @jax.jit
+  def views(key):
+    k_l, k_w, k_s = jax.random.split(key, 3)
+    return augment.weak(k_l, x_l), augment.weak(k_w, x_u), augment.strong(k_s, x_u)
+
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), steps + 3))
+  _timed(lambda: views(next(keys)), 2)
+  return _stats(_timed(lambda: views(next(keys)), steps))["median"]
 
 
 def synthetic_data(config) -> input_pipeline.SSLData:
@@ -69,7 +91,10 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
     A flat dict of the setting (device, versions, model, dtype, batch sizes) and the
     numbers: ``compile_s`` (lower + compile), ``first_step_s``, ``step_s_median`` /
     ``_p10`` / ``_p90`` (seconds per step), ``steps_per_s``, ``images_per_s`` (both
-    from the median), ``eval_compile_s``, ``eval_batch_s_median`` / ``_p10`` / ``_p90``,
+    from the median), ``step_s_pipelined`` / ``steps_per_s_pipelined`` (``steps``
+    steps dispatched back to back, one sync at the end: the trainer's speed on a fast
+    device, where a host round trip per step is not negligible), ``augment_s_median``
+    (the augmentation alone), ``eval_compile_s``, ``eval_batch_s_median`` / ``_p10`` / ``_p90``,
     ``eval_images_per_s``, ``final_loss``.
   """
   configs.validate(config)
@@ -100,8 +125,16 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
   first_step_s = _timed(one_step, 1)[0]
   _timed(one_step, warmup)
   times = _timed(one_step, steps)
+  # Back to back, as the trainer runs (it dispatches step n+1 while step n computes):
+  # no host round trip between steps, so on a fast device this is the training speed.
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = one_step()
+  jax.block_until_ready(out)
+  pipelined_s = (time.perf_counter() - t) / steps
   final_loss = float(one_step()[1]["train/loss"])
   st = _stats(times)
+  augment_s = _augment_time(mesh, data, b, mu, steps)
 
   x_test, y_test = train.replicate((data.x_test, data.y_test), mesh)
   eb = config.eval_batch_size
@@ -125,6 +158,8 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
       "compile_s": compile_s, "first_step_s": first_step_s,
       "step_s_median": st["median"], "step_s_p10": st["p10"], "step_s_p90": st["p90"],
       "steps_per_s": 1.0 / st["median"], "images_per_s": images / st["median"],
+      "step_s_pipelined": pipelined_s, "steps_per_s_pipelined": 1.0 / pipelined_s,
+      "augment_s_median": augment_s,
       "eval_batch": eb, "eval_compile_s": eval_compile_s,
       "eval_batch_s_median": est["median"], "eval_batch_s_p10": est["p10"],
       "eval_batch_s_p90": est["p90"], "eval_images_per_s": eb / est["median"],
@@ -145,6 +180,11 @@ def format_report(r: dict) -> str:
       f"(median {r['step_s_median'] * 1e3:.1f} ms/step, p10 {r['step_s_p10'] * 1e3:.1f}, "
       f"p90 {r['step_s_p90'] * 1e3:.1f}; {r['steps']} steps after {r['warmup']} warm-up; "
       f"augmentation included)",
+      f"            {r['steps_per_s_pipelined']:.3f} steps/s back to back, as the trainer "
+      f"runs ({r['step_s_pipelined'] * 1e3:.1f} ms/step, {r['steps']} steps, one sync)",
+      f"augment     {r['augment_s_median'] * 1e3:.1f} ms/step alone (weak labeled, weak + "
+      f"strong unlabeled; {100 * r['augment_s_median'] / r['step_s_median']:.0f}% of the "
+      f"step's median)",
       f"eval        {r['eval_images_per_s']:.0f} images/s (batch {r['eval_batch']}, median "
       f"{r['eval_batch_s_median'] * 1e3:.1f} ms/batch, EMA params)",
       f"final loss  {r['final_loss']:.4f}",

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# One-shot GPU benchmark of the full FixMatch+DebiasPL step (WRN-28-2, B=64, mu=7 =
-# 960 images/step, augmentation included) in bfloat16 and float32, for a session lent an
-# H100/H200. Needs no TensorFlow. Writes $OUT/bench_bf16.json, $OUT/bench_f32.json and
-# $OUT/bench.log. Expected wall time: a few minutes (two compiles + 2 x 220 steps).
+# One-shot GPU measurement for a session lent an H100/H200 (one call, ~5 min):
+#   1. dlpl_jax.bench: the full FixMatch+DebiasPL step (WRN-28-2, B=64, mu=7 = 960
+#      images/step, augmentation included), bfloat16 then float32;
+#   2. the PyTorch reference step (experiments/torch_reference_step.py) on the same GPU:
+#      f32 NCHW (the references as written) and bf16 autocast + channels_last;
+#   3. the real trainer (experiments/trainer_throughput.py): bf16, 2048 steps with
+#      logging, two evaluations and two checkpoints, on synthetic data.
+# Needs no TensorFlow. Writes $OUT/*.json and $OUT/gpu_bench.log.
 #
 #   bash experiments/gpu_bench.sh            # from the repo root
 #
-# The device image has jax/flax/optax/absl but (as of 2026-11) not ml_collections: if it
-# is missing, carry its wheel in .whl/ (see /work/.library/device/README.md), e.g.
-#   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps -d .whl ml_collections
+# The device image has jax/flax/optax/orbax/absl/torch but (as of 2026-11) not
+# ml_collections: carry its wheel in .whl/ (see /work/.library/device/README.md):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
 # and name .whl in the run's carry.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,12 +31,22 @@ if ! "$PY" -c "import ml_collections" 2>/dev/null; then
   fi
 fi
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  "$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+    --format=csv,noheader || true
+  "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
+'optax', optax.__version__, jax.devices())"
   for dtype in bfloat16 float32; do
     tag=$([ "$dtype" = bfloat16 ] && echo bf16 || echo f32)
-    echo "== $dtype"
-    "$PY" -m dlpl_jax.bench --config=experiments/cifar10_4shot.py --config.dtype=$dtype \
-      --steps 200 --warmup 20 --json "$OUT/bench_$tag.json"
+    echo "== dlpl_jax.bench $dtype"
+    timeout 150 "$PY" -m dlpl_jax.bench --config=experiments/cifar10_4shot.py \
+      --config.dtype=$dtype --steps 200 --warmup 20 --json "$OUT/bench_$tag.json"
   done
-} 2>&1 | tee "$OUT/bench.log"
+  echo "== PyTorch reference step (no augmentation), f32 NCHW"
+  timeout 90 "$PY" experiments/torch_reference_step.py --device cuda --steps 100 --warmup 20
+  echo "== PyTorch reference step (no augmentation), bf16 autocast, channels_last"
+  timeout 90 "$PY" experiments/torch_reference_step.py --device cuda --steps 100 --warmup 20 \
+    --bf16 --channels_last
+  echo "== trainer, bf16, 2048 steps"
+  timeout 180 "$PY" -m experiments.trainer_throughput --dtype bfloat16 --steps 2048 \
+    --workdir /tmp/trainer_throughput
+} 2>&1 | tee "$OUT/gpu_bench.log"

@@ -3,6 +3,7 @@
 NOT part of dlpl_jax (never imported by the package or the tests); run it in its own
 venv:  python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy
        /tmp/torchvenv/bin/python experiments/torch_reference_step.py [--steps 5] [--warmup 2]
+       [--channels_last] [--device cuda] [--bf16]
 
 What is timed, per step: kekmodel's WRN-28-2 (leaky ReLU 0.1, BatchNorm momentum 0.001
 in torch convention = 0.999 decay, dropout 0, its block quirks kept) forward on one
@@ -11,7 +12,10 @@ forward, as FixMatch does; interleave skipped), CE on the labeled part, FixMatch
 pseudo-label CE on the strong part (threshold 0.95), backward, SGD(lr 0.03, momentum
 0.9, nesterov, wd 5e-4 on non-bias/non-BN params), the cosine LambdaLR step and the
 EMA(0.999) model update. Augmentation is NOT included (kekmodel does it in DataLoader
-workers with PIL). Seconds per step: median (p10, p90) after warm-up.
+workers with PIL). Seconds per step: median (p10, p90) after warm-up; each step ends
+with ``loss.item()`` (as kekmodel's loop), which also synchronizes a GPU. On CUDA,
+cudnn.benchmark is turned on and ``--bf16`` autocasts the forward (what a user would
+do to make the references fast; kekmodel has an apex fp16 option).
 """
 
 import argparse
@@ -86,11 +90,17 @@ def main():
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--mu", type=int, default=7)
   p.add_argument("--channels_last", action="store_true")
+  p.add_argument("--device", default="cpu", help="cpu or cuda")
+  p.add_argument("--bf16", action="store_true",
+                 help="autocast the forward to bfloat16 (torch.autocast; params stay f32)")
   args = p.parse_args()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
+  dev = torch.device(args.device)
+  if dev.type == "cuda":
+    torch.backends.cudnn.benchmark = True  # kekmodel leaves it off; on = the faster torch
   b, mu = args.batch, args.mu
-  model = WideResNet()
+  model = WideResNet().to(dev)
   fmt = torch.channels_last if args.channels_last else torch.contiguous_format
   model = model.to(memory_format=fmt).train()
   ema = copy.deepcopy(model)
@@ -106,12 +116,13 @@ def main():
   sched = torch.optim.lr_scheduler.LambdaLR(
       opt, lambda s: max(0.0, math.cos(math.pi * 7 / 16 * s / total)))
   n = b * (1 + 2 * mu)
-  x = (torch.rand(n, 3, 32, 32) * 255 - 127) / 64
+  x = ((torch.rand(n, 3, 32, 32) * 255 - 127) / 64).to(dev)
   x = x.contiguous(memory_format=fmt)
-  y = torch.randint(0, 10, (b,))
+  y = torch.randint(0, 10, (b,)).to(dev)
 
   def step():
-    logits = model(x)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+      logits = model(x).float()
     logits_x = logits[:b]
     logits_w, logits_s = logits[b:].chunk(2)
     lx = F.cross_entropy(logits_x, y)
@@ -140,7 +151,9 @@ def main():
     loss = step()
     times.append(time.perf_counter() - t)
   p10, p50, p90 = np.percentile(times, [10, 50, 90])
-  print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+  where = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+           else f"cpu, threads {torch.get_num_threads()}")
+  print(f"torch {torch.__version__}, {where}, {'bf16 autocast' if args.bf16 else 'f32'}, "
         f"{'channels_last' if args.channels_last else 'NCHW'}, WRN-28-2, "
         f"{n} images/step (B={b}, mu={mu}), no augmentation")
   print(f"step: median {p50:.3f} s (p10 {p10:.3f}, p90 {p90:.3f}) over {args.steps} steps "

@@ -24,10 +24,11 @@ def test_run_benchmark_reports_positive_numbers():
   assert (r["model"], r["dtype"]) == ("cnn_small", "float32")
   assert (r["batch_labeled"], r["batch_unlabeled"], r["images_per_step"]) == (4, 8, 20)
   for k in ("compile_s", "first_step_s", "step_s_median", "step_s_p10", "step_s_p90",
-            "steps_per_s", "images_per_s", "eval_compile_s", "eval_batch_s_median",
-            "eval_images_per_s"):
+            "steps_per_s", "images_per_s", "step_s_pipelined", "steps_per_s_pipelined",
+            "augment_s_median", "eval_compile_s", "eval_batch_s_median", "eval_images_per_s"):
     assert isinstance(r[k], float) and r[k] > 0, k
   assert r["step_s_p10"] <= r["step_s_median"] <= r["step_s_p90"]
+  assert math.isclose(r["steps_per_s_pipelined"] * r["step_s_pipelined"], 1.0)
   assert math.isfinite(r["final_loss"])
   assert "device" in bench.format_report(r)
 
@@ -72,3 +73,15 @@ def test_bfloat16_losses_track_float32():
     assert {x.dtype for x in jax.tree_util.tree_leaves(tree)} == {jnp.dtype(jnp.float32)}
   # ... and bf16 really changed the computation (not silently float32).
   assert not np.array_equal(losses["bfloat16"], losses["float32"])
+
+
+def test_trainer_throughput_script_reports_window_rates(tmp_path):
+  """experiments/trainer_throughput.py (the GPU trainer-rate check) runs end to end."""
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.trainer_throughput",
+       "--config", "experiments/cifar10_4shot.py:smoke", "--steps", "256",
+       "--unlabeled", "200", "--dtype", "float32", "--workdir", str(tmp_path / "w")],
+      check=True, capture_output=True, text=True, timeout=600)
+  assert "trainer steps/s per window of 128 steps:" in out.stdout
+  rates = out.stdout.split("steps:")[1].split("\n")[0].split()
+  assert len(rates) == 2 and all(float(r) > 0 for r in rates)

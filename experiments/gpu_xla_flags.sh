@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# A/B of XLA:GPU command-buffer (CUDA graph) settings on the bf16 train step, for a
+# session lent a GPU (one call, ~4 min). Why: on an H100 the step runs 13.4 ms when each
+# step is synced and 10.5 ms back to back, and the trainer 7-14% under the latter
+# (experiments/results/gpu.md): host launch cost is the suspect, and command buffers
+# bear on it. Prints one "train" block per variant; JSON in $OUT/xla_<name>.json.
+# A cold bench run takes ~60-70 s (compile 30-35 s + autotuning + start-up): the
+# per-run timeout below leaves room; a first try with 60 s gave no numbers.
+#   bash experiments/gpu_xla_flags.sh       (carry .whl as experiments/gpu_bench.sh says)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/dlpl_bench}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if ! "$PY" -c "import ml_collections" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site" || exit 2
+fi
+run() {  # name, XLA_FLAGS
+  echo "== $1: XLA_FLAGS='$2'"
+  XLA_FLAGS="$2" timeout 150 "$PY" -m dlpl_jax.bench --config=experiments/cifar10_4shot.py \
+    --config.dtype=bfloat16 --steps 200 --warmup 20 --json "$OUT/xla_$1.json" \
+    2>&1 | grep -v cuda_timer
+}
+{
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  run default ""
+  run graphs_all "--xla_gpu_graph_min_graph_size=1 --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
+  run no_graphs "--xla_gpu_enable_command_buffer="
+} 2>&1 | tee "$OUT/xla_flags.log"
