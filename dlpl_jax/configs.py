@@ -97,8 +97,9 @@ def valid_keys(config, prefix: str = "") -> list[str]:
   return out
 
 
-def _load_config_file(spec: str):
-  """Loads ``path[:variant]`` the way config_flags does, for the key check below."""
+def load_config_file(spec: str):
+  """Loads an experiment config ``path[:variant]`` the way config_flags does (for scripts
+  and the key check below): the file's ``get_config(variant)``, locked."""
   path, _, variant = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("_dlpl_config", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -112,7 +113,7 @@ def check_overrides(argv) -> None:
   keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   if spec is None or not keys or not os.path.exists(spec.partition(":")[0]):
     return
-  valid = set(valid_keys(_load_config_file(spec)))
+  valid = set(valid_keys(load_config_file(spec)))
   unknown = [k for k in keys if k not in valid]
   if unknown:
     raise SystemExit(f"error: unknown config key(s) {unknown}. Valid keys:\n  "

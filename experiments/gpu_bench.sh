@@ -17,19 +17,7 @@
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
 # and name .whl in the run's carry.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/dlpl_bench}
-PY=${PY:-python3}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ! "$PY" -c "import ml_collections" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-  else
-    echo "ml_collections is missing and no .whl/ was carried" >&2; exit 2
-  fi
-fi
+source "$(dirname "$0")/_gpu_env.sh"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv,noheader || true

@@ -8,15 +8,7 @@
 # per-run timeout below leaves room; a first try with 60 s gave no numbers.
 #   bash experiments/gpu_xla_flags.sh       (carry .whl as experiments/gpu_bench.sh says)
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/dlpl_bench}
-PY=${PY:-python3}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ! "$PY" -c "import ml_collections" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site" || exit 2
-fi
+source "$(dirname "$0")/_gpu_env.sh"
 run() {  # name, XLA_FLAGS
   echo "== $1: XLA_FLAGS='$2'"
   XLA_FLAGS="$2" timeout 150 "$PY" -m dlpl_jax.bench --config=experiments/cifar10_4shot.py \

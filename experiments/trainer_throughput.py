@@ -16,7 +16,6 @@ Needs ml_collections (config files) but not TensorFlow.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import time
@@ -24,17 +23,10 @@ import time
 import jax
 import numpy as np
 
+from dlpl_jax import configs
 from dlpl_jax import input_pipeline
 from dlpl_jax import metrics
 from dlpl_jax import trainer
-
-
-def load_config(path: str):
-  path, _, variant = path.partition(":")
-  spec = importlib.util.spec_from_file_location("experiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
 
 
 def main():
@@ -46,7 +38,7 @@ def main():
                  help="synthetic unlabeled images held on the device (CIFAR: 50k)")
   p.add_argument("--workdir", default="/tmp/trainer_throughput")
   args = p.parse_args()
-  config = load_config(args.config)
+  config = configs.load_config_file(args.config)
   config.unlock()
   config.total_steps = args.steps
   config.dtype = args.dtype
