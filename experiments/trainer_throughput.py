@@ -38,6 +38,8 @@ def main():
                  help="synthetic unlabeled images held on the device (CIFAR: 50k)")
   p.add_argument("--workdir", default="/tmp/trainer_throughput")
   args = p.parse_args()
+  if args.steps < 256:
+    p.error(f"--steps must be >= 256 (two 128-step windows), got {args.steps}")
   config = configs.load_config_file(args.config)
   config.unlock()
   config.total_steps = args.steps
