@@ -28,8 +28,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # XLA:CPU only (ignored by GPU/TPU backends): convolutions through Eigen instead of
 # YNNPACK, whose kernel gradients are slow; halves the CPU train step with the pinned
 # jaxlib 0.10.2 (experiments/results/bench_cpu.md). An unknown flag aborts XLA, so it is
-# tied to the pinned version: override with XLA_FLAGS= when using another jaxlib.
+# tied to the pinned version: override with XLA_FLAGS= when using another jaxlib. Set
+# for ACCEL=cpu only, so a GPU/TPU venv's XLA never sees it.
+ifeq ($(ACCEL),cpu)
 export XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
+endif
 
 .PHONY: install train test test-slow bench analyze study clean
 
