@@ -346,18 +346,27 @@ def _label_points(ax, xs, ys, names, colors, which, markers=()) -> None:
     placed.append(put(*off_ha).get_window_extent(renderer).padded(1))
 
 
+def _confusion_panel(ax, conf, names, title: str):
+  """Titles a panel drawn from a confusion matrix; returns ``(conf [C, C] float64, C,
+  names)``, or None after marking the panel empty when there are no pseudo-labels."""
+  ax.set_title(title, fontsize=10)
+  if conf is None or np.asarray(conf).sum() == 0:
+    _empty(ax, "no pseudo-labels in these windows")
+    return None
+  conf = np.asarray(conf, np.float64)
+  c = conf.shape[0]
+  return conf, c, list(names) if names is not None else [str(i) for i in range(c)]
+
+
 def plot_confusion(conf: np.ndarray | None, ax, names: Sequence[str] | None = None,
                    title: str = "pseudo-label confusion (row-normalised)",
                    colorbar: bool = True) -> None:
   """Panel b: row-normalised confusion heatmap (rows = true class, columns =
   pseudo-label), values annotated when C <= 10."""
-  ax.set_title(title, fontsize=10)
-  if conf is None or np.asarray(conf).sum() == 0:
-    _empty(ax, "no pseudo-labels in these windows")
+  panel = _confusion_panel(ax, conf, names, title)
+  if panel is None:
     return
-  conf = np.asarray(conf, np.float64)
-  c = conf.shape[0]
-  names = list(names) if names is not None else [str(i) for i in range(c)]
+  conf, c, names = panel
   with np.errstate(invalid="ignore", divide="ignore"):
     norm = conf / conf.sum(axis=1, keepdims=True)
   norm = np.nan_to_num(norm)
@@ -393,13 +402,10 @@ def plot_precision_recall(conf: np.ndarray | None, ax, names: Sequence[str] | No
   """Panel c: per-class precision (circle) and recall (triangle) of pseudo-labels
   against the class's share of the pseudo-labels; the two marks of a class are joined,
   labelled with the class name; dashed 1/C."""
-  ax.set_title(title, fontsize=10)
-  if conf is None or np.asarray(conf).sum() == 0:
-    _empty(ax, "no pseudo-labels in these windows")
+  panel = _confusion_panel(ax, conf, names, title)
+  if panel is None:
     return
-  conf = np.asarray(conf, np.float64)
-  c = conf.shape[0]
-  names = list(names) if names is not None else [str(i) for i in range(c)]
+  conf, c, names = panel
   precision, recall = metrics_lib.per_class_precision_recall(conf)
   share = conf.sum(axis=0) / conf.sum()
   cols = _colors(c)
