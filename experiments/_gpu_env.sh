@@ -1,5 +1,5 @@
 # Sourced by experiments/gpu_*.sh: repo root as cwd and on PYTHONPATH, $OUT and $PY set,
-# ml_collections installed from a carried .whl/ when the machine's python3 lacks it.
+# ml_collections installed from .whl/ (see gpu_bench.sh) when the machine's python3 lacks it.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/dlpl_bench}
 PY=${PY:-python3}
@@ -10,6 +10,6 @@ if ! "$PY" -c "import ml_collections" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
   else
-    echo "ml_collections is missing and no .whl/ was carried" >&2; exit 2
+    echo "ml_collections is missing and .whl/ holds no wheel for it" >&2; exit 2
   fi
 fi

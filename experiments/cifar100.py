@@ -8,8 +8,8 @@ Command (variant = labels per class, optionally ',fixmatch'):
 FixMatch's CIFAR-100 recipe: WRN-28-8, weight decay 1e-3, otherwise as CIFAR-10.
 Published (FixMatch-RA, Sohn et al. 2020, Table 2, error rates turned into accuracy):
 about 51.2 (400 labels), 71.7 (2500), 77.4 (10000). No DebiasPL CIFAR-100 figure is
-given in METHOD.md. Data: CIFAR-100 is not in ../shared (only CIFAR-10 is prepared
-offline); with internet, `tfds build cifar100` first, else the run stops at once naming
+quoted in docs/METHOD.md. Data: CIFAR-100 must be prepared for TFDS first (with
+internet, `tfds build cifar100`; docs/DATA.md), else the run stops at once naming
 TFDS_DATA_DIR. Runtime: WRN-28-8 is ~16x the FLOPs of WRN-28-2; not measured here.
 """
 

@@ -5,7 +5,7 @@ Command:
   make train CONFIG=experiments/cifar10_25shot.py:fixmatch   # FixMatch
 
 Published: FixMatch-RA 94.93 ± 0.65 (Sohn et al. 2020, Table 2); DebiasPL 95.4
-(METHOD.md). Same recipe and runtime as experiments/cifar10_4shot.py (2^20 steps).
+(docs/METHOD.md). Same recipe and runtime as experiments/cifar10_4shot.py (2^20 steps).
 """
 
 from experiments import _common

@@ -5,7 +5,7 @@ Command:
   make train CONFIG=experiments/cifar10_400shot.py:fixmatch   # FixMatch
 
 Published: FixMatch-RA 95.74 ± 0.05 (Sohn et al. 2020, Table 2). No DebiasPL figure at
-this label count is given in METHOD.md; expect roughly FixMatch's (little bias left to
+this label count is quoted in docs/METHOD.md; expect roughly FixMatch's (little bias left to
 remove with 4000 labels). Same recipe and runtime as experiments/cifar10_4shot.py.
 """
 

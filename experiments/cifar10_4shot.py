@@ -1,6 +1,6 @@
 """CIFAR-10, 4 labels per class (40 labels), WRN-28-2: the paper's headline setting.
 
-Reproduces: FixMatch-RA vs DebiasPL on CIFAR-10 with 40 labels, METHOD.md's recipe
+Reproduces: FixMatch-RA vs DebiasPL on CIFAR-10 with 40 labels, the recipe of docs/METHOD.md
 (WRN-28-2, SGD Nesterov 0.9, lr 0.03 cosine 7/16, wd 5e-4, batch 64, mu 7, threshold
 0.95, 2^20 steps, EMA 0.999, median of the last 20 evaluations).
 
@@ -10,12 +10,12 @@ Command:
   make train CONFIG=experiments/cifar10_4shot.py:smoke               # CPU smoke test
 
 Published: FixMatch-RA 86.19 ± 3.37 (Sohn et al. 2020, arXiv:2001.07685, Table 2);
-DebiasPL about 94.6 (third-party reproductions, METHOD.md). The offline JPEG copy of
-CIFAR-10 (../shared/DATA.md) is reported to cost 2-3 points.
+DebiasPL about 94.6 (third-party reproductions, docs/METHOD.md). A JPEG-compressed copy
+of CIFAR-10 such as the one described in docs/DATA.md costs 2-3 points.
 Runtime: 2^20 steps of 960 images. On one H100 with --config.dtype=bfloat16 the trainer
 ran 86-89 steps/s (synthetic data, experiments/results/gpu.md): 3.4 h plus
-evaluations; float32 (the default) ran at half the bf16 rate on an H200. Impossible
-on a 2-vCPU machine (seconds per step): use :smoke, or experiments/study_cpu.py for a
+evaluations; float32 (the default) ran at half the bf16 rate on an H200. Impractical
+on a 2-vCPU machine (about 12 s per step): use :smoke, or experiments/study_cpu.py for a
 small comparison.
 """
 

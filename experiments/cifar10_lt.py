@@ -12,11 +12,11 @@ Variant: "N1_M1_GAMMA[_reversed][,fixmatch]", default "1500_3000_100". The setti
   make train CONFIG=experiments/cifar10_lt.py:1500_3000_100_reversed
   make train CONFIG=experiments/cifar10_lt.py:1500_3000_100,fixmatch   # the baseline
 
-Recipe: as USB's FixMatch for this protocol (METHOD.md): mu = 2, 2^18 steps, the rest
-FixMatch-RA. Published: FixMatch 76.69 at (1500/3000, gamma=100) (USB, WRN-28-2); the
-DebiasPL paper's LT numbers are not reproduced in METHOD.md, so none are quoted here.
+Recipe: as USB's FixMatch for this protocol (docs/METHOD.md): mu = 2, 2^18 steps, the rest
+FixMatch-RA. Published: FixMatch 76.69 at (1500/3000, gamma=100) (USB, WRN-28-2); no
+DebiasPL figure for this protocol is quoted (docs/METHOD.md).
 Runtime: 2^18 steps of 64 * (1 + 2 * 2) = 320 images; not measured on an accelerator
-(the 960-image CIFAR-10 step: 86-89 steps/s in bf16 on an H100, README Performance).
+(the 960-image CIFAR-10 step: 86-89 steps/s in bf16 on an H100, docs/performance.md).
 """
 
 from experiments import _common

@@ -9,7 +9,7 @@ Variant: "N1_M1_GAMMA[,fixmatch]", default "1500_3000_100":
   make train CONFIG=experiments/cifar10_mismatch.py:1500_3000_100,fixmatch
 
 Recipe as experiments/cifar10_lt.py (mu 2, 2^18 steps). No published figure for this
-exact setting is given in METHOD.md. Runtime: as cifar10_lt.py.
+exact setting is quoted in docs/METHOD.md. Runtime: as cifar10_lt.py.
 """
 
 from experiments import cifar10_lt

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU measurement for a session lent an H100/H200 (one call, ~5 min):
+# One-shot GPU measurement on one GPU (H100/H200: about 5 minutes):
 #   1. dlpl_jax.bench: the full FixMatch+DebiasPL step (WRN-28-2, B=64, mu=7 = 960
 #      images/step, augmentation included), bfloat16 then float32;
 #   2. the PyTorch reference step (experiments/torch_reference_step.py) on the same GPU:
@@ -10,12 +10,13 @@
 #
 #   bash experiments/gpu_bench.sh            # from the repo root
 #
-# The device image has jax/flax/optax/orbax/absl/torch but (as of 2026-11) not
-# ml_collections: carry its wheel in .whl/ (see /work/.library/device/README.md):
+# It uses the machine's own python3 (PY=... overrides), which needs jax, flax, optax,
+# orbax, absl and torch. Where ml_collections is missing and there is no network, put
+# its wheel in .whl/ at the repo root (experiments/_gpu_env.sh installs it from there),
+# downloaded beforehand on a machine with network:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
-# and name .whl in the run's carry.
 set -uo pipefail
 source "$(dirname "$0")/_gpu_env.sh"
 {

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# A/B of XLA:GPU command-buffer (CUDA graph) settings on the bf16 train step, for a
-# session lent a GPU (one call, ~4 min). Why: on an H100 the step runs 13.4 ms when each
+# A/B of XLA:GPU command-buffer (CUDA graph) settings on the bf16 train step, on one
+# GPU (about 4 minutes). Why: on an H100 the step runs 13.4 ms when each
 # step is synced and 10.5 ms back to back, and the trainer 7-14% under the latter
 # (experiments/results/gpu.md): host launch cost is the suspect, and command buffers
 # bear on it. Prints one "train" block per variant; JSON in $OUT/xla_<name>.json.
 # A cold bench run takes ~60-70 s (compile 30-35 s + autotuning + start-up): the
-# per-run timeout below leaves room; a first try with 60 s gave no numbers.
-#   bash experiments/gpu_xla_flags.sh       (carry .whl as experiments/gpu_bench.sh says)
+# per-run timeout below leaves room (60 s is too short).
+#   bash experiments/gpu_xla_flags.sh       (ml_collections: see experiments/gpu_bench.sh)
 set -uo pipefail
 source "$(dirname "$0")/_gpu_env.sh"
 run() {  # name, XLA_FLAGS

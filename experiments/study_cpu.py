@@ -15,8 +15,8 @@ per step here); batch 16, mu 4; marginal momentum 0.99 (the official code's valu
 short / low-label runs: with 0.999 the marginal would barely move in a run this short);
 evaluation on the full test split every 250 steps. Everything else (threshold 0.95,
 tau 0.4, SGD Nesterov, lr 0.03 cosine over the run, wd 5e-4, EMA 0.999) as FixMatch-RA.
-Expected runtime: about 15 minutes per run on this project's 2-vCPU machine (README
-gives the measured wall time).
+Expected runtime: about 15 minutes per run on 2 vCPUs delivering about one core
+(docs/performance.md gives the measured wall time).
 """
 
 from experiments import _common
