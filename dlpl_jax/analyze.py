@@ -1,4 +1,4 @@
-"""Plots and a markdown report of pseudo-label bias from one or two run folders (issue 5).
+"""Plots and a markdown report of pseudo-label bias from one or two run folders.
 
 Command line (``make analyze WORKDIR=runs/x [ARGS="runs/y"]``)::
 
@@ -7,28 +7,40 @@ Command line (``make analyze WORKDIR=runs/x [ARGS="runs/y"]``)::
 writes ``report.md`` and PNGs into ``--out`` (default ``WORKDIR/analysis``, or
 ``WORKDIR/analysis_vs_<basename of WORKDIR2>`` for two runs). It reads only files
 (``metrics.jsonl``, ``config.json``, ``summary.json``, ``class_features.npz``), so it
-works on a finished or a still-running run and never imports TensorFlow.
+works on a finished or a still-running run and never imports TensorFlow. A run without
+any evaluation yet has nothing to plot: one line on stderr says so and when the first
+evaluation comes (``eval_every``), nothing is written, and the exit status is 1; a
+missing workdir exits with 2.
 
-Panels (one run, or the two runs side by side):
+Both metric formats are read: eval records that hold the derived pseudo-label
+statistics and ``marginal`` themselves (older runs), and eval records with the
+confusion matrices only, whose window's statistics and ``marginal`` are in the train
+record of the same step. The statistics are recomputed from the confusion matrices
+(:func:`dlpl_jax.metrics.pseudo_label_stats`); an undefined value (``null``/NaN, e.g.
+the accuracy of a window without confident pseudo-labels) is a gap, never a 0.
+
+Panels (one run, or the two runs side by side; each figure's title names the run(s)):
 
 * ``a_proportions.png`` -- a: each class's share of the pseudo-labels in each eval
   window (column sums of ``pseudo/confusion``), dashed 1/C (the paper's Figure 1);
   a2: the same for the confident (masked) pseudo-labels.
 * ``b_confusion.png`` -- the row-normalised pseudo-label confusion matrix on the
-  unlabeled set, summed over the last ``last_frac`` of the eval windows.
+  unlabeled set, summed over the last ``last_frac`` of the eval windows; each row is
+  labelled with its number of unlabeled images ``n``.
 * ``c_precision_recall.png`` -- per-class pseudo-label precision and recall against the
   class's share of the pseudo-labels (same windows as b).
 * ``d_similarity.png`` -- cosine similarity of the EMA model's class-mean penultimate
   features (``class_features.npz``, last eval); the similarity rows of the most and
-  least pseudo-labelled classes; each class's mean similarity to the others against its
-  pseudo-label share.
+  least pseudo-labelled classes (bars from 0, axis up to 1); each class's mean
+  similarity to the others against its pseudo-label share.
 * ``curves.png`` -- test top-1, pseudo-label imbalance (max/min count) and KL to
   uniform per eval window.
 
 Notebooks can call the pieces: :func:`load_run`, :func:`proportions`,
-:func:`window_confusion`, :func:`plot_proportions`, :func:`plot_confusion`,
-:func:`plot_precision_recall`, :func:`plot_similarity`, :func:`plot_similarity_rows`,
-:func:`plot_curves` (each draws on a given Matplotlib ``ax``) and :func:`analyze`.
+:func:`window_confusion`, :func:`window_stat`, :func:`plot_proportions`,
+:func:`plot_confusion`, :func:`plot_precision_recall`, :func:`plot_similarity`,
+:func:`plot_similarity_rows`, :func:`plot_curves` (each draws on a given Matplotlib
+``ax``) and :func:`analyze`.
 """
 
 from __future__ import annotations
@@ -77,7 +89,8 @@ class Run:
 
   @property
   def label(self) -> str:
-    return f"{self.method} ({self.name})"
+    """``"method (workdir basename)"``, or the basename alone without a config.json."""
+    return f"{self.method} ({self.name})" if "method" in self.config else self.name
 
   @property
   def num_classes(self) -> int:
@@ -92,11 +105,76 @@ def _read_json(path: str) -> dict | None:
     return None
 
 
+def _matrix(r: dict, key: str) -> np.ndarray | None:
+  """``r[key]`` as a float64 ``[C, C]`` array, or None (missing, null or not square)."""
+  v = r.get(key)
+  if v is None:
+    return None
+  try:
+    m = np.asarray(v, np.float64)
+  except (TypeError, ValueError):
+    return None
+  return m if m.ndim == 2 and m.shape[0] == m.shape[1] and m.shape[0] > 0 else None
+
+
+def _num(v: Any) -> float:
+  """A metric value as a float; NaN for null, a missing key or a non-number."""
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
+def _complete(ev: dict, train: dict | None) -> dict:
+  """One eval record with the window's derived pseudo-label statistics, for both metric
+  formats. The old format stored them (and ``marginal``) in the eval record; the new one
+  stores only the confusion matrices there and writes the statistics and ``marginal`` in
+  the train record of the same step. The statistics are recomputed here from the
+  confusion matrices when present (:func:`dlpl_jax.metrics.pseudo_label_stats`, exactly
+  how both formats computed them), else taken from the train record; ``marginal`` comes
+  from the eval record, else from that train record."""
+  out = dict(ev)
+  for prefix, key in (("pseudo", ALL), ("pseudo_masked", MASKED)):
+    conf = _matrix(ev, key)
+    if conf is not None:
+      out.update(metrics_lib.pseudo_label_stats(conf, prefix))
+    elif train is not None:
+      for name in ("counts", "imbalance", "kl_uniform", "acc"):
+        k = f"{prefix}/{name}"
+        if out.get(k) is None and train.get(k) is not None:
+          out[k] = train[k]
+  if out.get("marginal") is None and train is not None and train.get("marginal") is not None:
+    out["marginal"] = train["marginal"]
+  return out
+
+
 def eval_records(records: Sequence[dict]) -> list[dict]:
   """The ``kind == "eval"`` records sorted by step (the last one wins for a repeated step,
-  e.g. after a resume)."""
-  by_step = {r["step"]: r for r in records if r.get("kind") == "eval" and "step" in r}
-  return [by_step[s] for s in sorted(by_step)]
+  e.g. after a resume), each completed with its window's statistics (pseudo-label
+  counts, imbalance, KL to uniform, accuracy) and ``marginal``, whichever metric format
+  wrote them (see :func:`_complete`)."""
+  by_step, train = {}, {}
+  for r in records:
+    if not isinstance(r, dict) or "step" not in r:
+      continue
+    if r.get("kind") == "eval":
+      by_step[r["step"]] = r
+    elif r.get("kind") == "train":
+      train[r["step"]] = r
+  return [_complete(by_step[s], train.get(s)) for s in sorted(by_step)]
+
+
+def window_stat(r: dict, prefix: str, name: str) -> float:
+  """``{prefix}/{name}`` of an eval record (``prefix`` "pseudo" or "pseudo_masked",
+  ``name`` "acc", "imbalance" or "kl_uniform"); NaN when undefined: null, missing, or a
+  window without (confident) pseudo-labels."""
+  counts = r.get(f"{prefix}/counts")
+  try:
+    if counts is not None and sum(counts) == 0:
+      return float("nan")
+  except TypeError:
+    pass
+  return _num(r.get(f"{prefix}/{name}"))
 
 
 def class_names(config: dict, num_classes: int) -> list[str]:
@@ -121,8 +199,9 @@ def class_names(config: dict, num_classes: int) -> list[str]:
 
 def _num_classes(config: dict, evals: Sequence[dict], features: dict | None) -> int:
   for r in evals:
-    if ALL in r:
-      return len(r[ALL])
+    for key in (ALL, MASKED):
+      if _matrix(r, key) is not None:
+        return len(r[key])
   if config.get("num_classes"):
     return int(config["num_classes"])
   if features is not None:
@@ -134,7 +213,8 @@ def load_run(workdir: str) -> Run:
   """Reads a (finished or running) workdir; tolerates a torn last line of metrics.jsonl
   and missing files."""
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"no such workdir: {workdir}")
+    raise FileNotFoundError(f"no such workdir: {workdir}" + (
+        " (a file, not a run folder)" if os.path.exists(workdir) else ""))
   config = _read_json(os.path.join(workdir, "config.json")) or {}
   summary = _read_json(os.path.join(workdir, "summary.json"))
   path = os.path.join(workdir, "metrics.jsonl")
@@ -153,6 +233,36 @@ def load_run(workdir: str) -> Run:
       features = None
   c = _num_classes(config, evals, features)
   return Run(workdir, config, summary, records, evals, features, class_names(config, c))
+
+
+class NothingToPlotError(RuntimeError):
+  """A run folder without any evaluation yet: there is nothing to plot."""
+
+
+def nothing_to_plot(run: Run) -> str | None:
+  """None when ``run`` has an evaluation; else one line saying that there is nothing to
+  plot yet, how many steps have been logged and at which step the first evaluation is
+  written (``eval_every`` and ``total_steps`` of config.json, when present)."""
+  if run.evals:
+    return None
+  if not os.path.exists(os.path.join(run.workdir, "metrics.jsonl")):
+    so_far = "no metrics.jsonl yet"
+  elif not run.records:
+    so_far = "metrics.jsonl is empty"
+  else:
+    last = max((r["step"] for r in run.records if isinstance(r.get("step"), int)), default=0)
+    so_far = f"{last} step{'' if last == 1 else 's'} logged so far"
+  every, total = run.config.get("eval_every"), run.config.get("total_steps")
+  if isinstance(every, int) and every > 0:
+    if isinstance(total, int) and 0 < total < every:
+      when = f"at step {total} (total_steps, before eval_every = {every})"
+    else:
+      when = f"at step {every} (eval_every)"
+  else:
+    when = "at step eval_every of the run's config" + (
+        "" if run.config else " (no config.json yet)")
+  return (f"{run.workdir}: nothing to plot yet, no evaluation in metrics.jsonl ({so_far}); "
+          f"the first evaluation is written {when}")
 
 
 # ------------------------------------------------------------------------ statistics
@@ -177,9 +287,10 @@ def proportions(evals: Sequence[dict], key: str = ALL) -> tuple[np.ndarray, np.n
   """
   steps, props = [], []
   for r in evals:
-    if key not in r:
+    conf = _matrix(r, key)
+    if conf is None:
       continue
-    counts = np.asarray(r[key], np.float64).sum(axis=0)
+    counts = conf.sum(axis=0)
     total = counts.sum()
     steps.append(r["step"])
     props.append(counts / total if total > 0 else np.full_like(counts, np.nan))
@@ -193,12 +304,12 @@ def window_confusion(evals: Sequence[dict], key: str = ALL, last_frac: float = 0
   """Sums the confusion matrices of the last ``ceil(last_frac * E)`` (at least one) eval
   windows. Returns ``(matrix [C, C] or None, description)``, e.g. "steps 750-1000 (last 2
   of 8 eval windows)"."""
-  rs = [r for r in evals if key in r]
+  rs = [r for r in evals if _matrix(r, key) is not None]
   if not rs:
     return None, "no eval windows"
   n = max(1, math.ceil(last_frac * len(rs)))
   picked = rs[-n:]
-  conf = np.sum([np.asarray(r[key], np.float64) for r in picked], axis=0)
+  conf = np.sum([_matrix(r, key) for r in picked], axis=0)
   start = rs[-n - 1]["step"] if len(rs) > n else 0
   return conf, (f"steps {start}-{picked[-1]['step']} "
                 f"(last {n} of {len(rs)} eval window{'s' if len(rs) > 1 else ''})")
@@ -257,7 +368,9 @@ def plot_proportions(records: Sequence[dict], ax, key: str = ALL,
   c = props.shape[1]
   names = list(names) if names is not None else [str(i) for i in range(c)]
   marker = "o" if len(steps) <= 25 else None
-  if c <= _MANY:
+  if np.isnan(props).all():  # no line to draw, hence none in the legend
+    pass
+  elif c <= _MANY:
     for k, col in enumerate(_colors(c)):
       ax.plot(steps, props[:, k], color=col, marker=marker, ms=3, lw=1.4, label=names[k])
   else:
@@ -277,6 +390,7 @@ def plot_proportions(records: Sequence[dict], ax, key: str = ALL,
   ax.set_xlabel("training step (end of eval window)")
   ax.set_ylabel("share of pseudo-labels")
   ax.set_ylim(bottom=0)
+  ax.set_ylim(bottom=-0.02 * ax.get_ylim()[1])  # a class never predicted stays visible
   if len(steps) == 1:
     ax.set_xlim(steps[0] * 0.5, steps[0] * 1.5 + 1)
   ax.grid(alpha=0.3)
@@ -361,8 +475,9 @@ def _confusion_panel(ax, conf, names, title: str):
 def plot_confusion(conf: np.ndarray | None, ax, names: Sequence[str] | None = None,
                    title: str = "pseudo-label confusion (row-normalised)",
                    colorbar: bool = True) -> None:
-  """Panel b: row-normalised confusion heatmap (rows = true class, columns =
-  pseudo-label), values annotated when C <= 10."""
+  """Panel b: row-normalised confusion heatmap (rows = true class, labelled with their
+  number of unlabeled images ``n``; columns = pseudo-label), values annotated when
+  C <= 10."""
   panel = _confusion_panel(ax, conf, names, title)
   if panel is None:
     return
@@ -371,9 +486,14 @@ def plot_confusion(conf: np.ndarray | None, ax, names: Sequence[str] | None = No
     norm = conf / conf.sum(axis=1, keepdims=True)
   norm = np.nan_to_num(norm)
   im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-  _class_ticks(ax, names)
+  rows = conf.sum(axis=1)
+  _class_ticks(ax, names, y=False)
+  _class_ticks(ax, [f"{name} (n={n:.0f})" for name, n in zip(names, rows)], x=False)
   ax.set_xlabel("pseudo-label")
-  ax.set_ylabel("true class (unlabeled image)")
+  ax.set_ylabel("true class (n: its unlabeled images)")
+  if c > 20:
+    ax.set_ylabel(f"true class (unlabeled image), n = {rows.min():.0f}..{rows.max():.0f} "
+                  "images per class")
   if c <= 10:
     for i in range(c):
       for j in range(c):
@@ -422,7 +542,8 @@ def plot_precision_recall(conf: np.ndarray | None, ax, names: Sequence[str] | No
   ax.set_xlabel("share of pseudo-labels (dashed: 1/C)")
   ax.set_ylabel("precision (o) / recall (^)")
   ax.set_ylim(-0.06, 1.16)
-  ax.set_xlim(0, max(float(np.nanmax(share)) * 1.25, 1.5 / c))
+  right = max(float(np.nanmax(share)) * 1.25, 1.5 / c)
+  ax.set_xlim(-0.05 * right, right)  # a margin: classes never predicted sit at x = 0
   _label_points(ax, share, top, names, cols, sorted(labelled),
                 markers=[(share, precision), (share, recall)])
   ax.grid(alpha=0.3)
@@ -457,7 +578,11 @@ def plot_similarity_rows(class_means: np.ndarray | None, conf: np.ndarray | None
                          names: Sequence[str] | None = None, title: str | None = None
                          ) -> None:
   """Panel d, bars: the similarity of the most and of the least pseudo-labelled class
-  (by ``conf``'s column sums) to every other class, with their mean in the legend."""
+  (by ``conf``'s column sums) to every other class, with their mean in the legend.
+
+  The bars start at 0 (at the lowest value when some are negative) and the axis ends at
+  1, the largest cosine similarity: a truncated axis would make classes whose features
+  are all alike (similarities 0.97-0.99, early in training) look very different."""
   ax.set_title(title or "similarity to the other classes", fontsize=10)
   if class_means is None or conf is None or np.asarray(conf).sum() == 0:
     _empty(ax, "no class_features.npz" if class_means is None else "no pseudo-labels")
@@ -476,7 +601,7 @@ def plot_similarity_rows(class_means: np.ndarray | None, conf: np.ndarray | None
     others = np.delete(row, k)
     row[k] = np.nan
     ax.bar(x + off, row[order], width=w, color=col,
-           label=f"{what} predicted: {names[k]} ({100 * p:.1f}%), "
+           label=f"{what} predicted:\n{names[k]} ({100 * p:.1f}%),\n"
                  f"mean {np.mean(others):.2f}")
   if c <= 20:
     ax.set_xticks(x)
@@ -485,13 +610,13 @@ def plot_similarity_rows(class_means: np.ndarray | None, conf: np.ndarray | None
     ax.set_xticks([])
     ax.set_xlabel(f"classes, by similarity to {names[hi]}")
   vals = np.delete(np.concatenate([sim[hi], sim[lo]]), [hi, c + lo])
-  if vals.size:
-    span = max(float(vals.max() - vals.min()), 0.05)
-    ax.set_ylim(max(float(vals.min()) - 0.25 * span, -1.0), min(float(vals.max()) + 0.5 * span,
-                                                                  1.05))
+  low = float(np.nanmin(vals)) if vals.size and np.isfinite(vals).any() else 0.0
+  ax.set_ylim(max(min(0.0, low - 0.05), -1.0), 1.0)
   ax.set_ylabel("cosine similarity")
   ax.grid(alpha=0.3, axis="y")
-  ax.legend(fontsize=7, loc="upper left")
+  # Outside the axes: the bars may reach the top of the axis.
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+            handlelength=1.0)
 
 
 def plot_similarity_vs_share(class_means: np.ndarray | None, conf: np.ndarray | None, ax,
@@ -515,6 +640,8 @@ def plot_similarity_vs_share(class_means: np.ndarray | None, conf: np.ndarray | 
   order = np.argsort(-share)
   shown = range(c) if c <= 20 else sorted(set(order[:5]) | set(order[-5:]))
   ax.margins(x=0.15, y=0.12)
+  x0, x1 = ax.get_xlim()
+  ax.set_xlim(x0, min(x1, max(1.0, float(np.nanmax(mean_sim)))))  # cosine <= 1
   _label_points(ax, mean_sim, share, names, cols, shown, markers=[(mean_sim, share)])
   r = np.corrcoef(mean_sim, share)[0, 1] if c > 2 and np.std(mean_sim) > 0 and np.std(
       share) > 0 else float("nan")
@@ -526,14 +653,16 @@ def plot_similarity_vs_share(class_means: np.ndarray | None, conf: np.ndarray | 
 
 def plot_curves(runs: Sequence[Run], axes) -> None:
   """Test top-1, pseudo-label imbalance (log scale) and KL(pseudo-labels || uniform) per
-  eval, for each run; solid = all pseudo-labels, dotted = confident ones."""
+  eval, for each run; solid = all pseudo-labels, dotted = confident ones. A window
+  without (confident) pseudo-labels or with a null value is a gap, not a 0; a series
+  without any value is neither drawn nor in the legend."""
   ax_top, ax_imb, ax_kl = axes
   colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-  def value(r: dict, prefix: str, name: str) -> float:
-    if sum(r.get(f"{prefix}/counts", [1])) == 0:  # no (confident) pseudo-labels
-      return np.nan
-    v = r.get(f"{prefix}/{name}")
-    return np.nan if v is None else v
+
+  def draw(ax, steps, ys, **kw) -> None:
+    ys = np.asarray(ys, np.float64)
+    if np.isfinite(ys).any():
+      ax.plot(steps, ys, **kw)
 
   for run, col in zip(runs, colors):
     ev = run.evals
@@ -541,18 +670,18 @@ def plot_curves(runs: Sequence[Run], axes) -> None:
       continue
     steps = [r["step"] for r in ev]
     mk = "o" if len(ev) <= 25 else None
-    ax_top.plot(steps, [r.get("eval/top1", np.nan) for r in ev], color=col, marker=mk, ms=3,
-                label=run.label)
+    draw(ax_top, steps, [_num(r.get("eval/top1")) for r in ev], color=col, marker=mk, ms=3,
+         label=run.label)
     for prefix, ls in (("pseudo", "-"), ("pseudo_masked", ":")):
       tag = "all" if prefix == "pseudo" else "confident"
-      ax_imb.plot(steps, [value(r, prefix, "imbalance") for r in ev], color=col,
-                  ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
-      ax_kl.plot(steps, [value(r, prefix, "kl_uniform") for r in ev], color=col,
-                 ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
+      draw(ax_imb, steps, [window_stat(r, prefix, "imbalance") for r in ev], color=col,
+           ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
+      draw(ax_kl, steps, [window_stat(r, prefix, "kl_uniform") for r in ev], color=col,
+           ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
   ax_top.set_title("EMA model test top-1", fontsize=10)
   ax_top.set_ylabel("top-1 (%)")
   ax_imb.set_title("pseudo-label imbalance (max/min count)", fontsize=10)
-  imb = [value(r, p, "imbalance") for run in runs for r in run.evals
+  imb = [window_stat(r, p, "imbalance") for run in runs for r in run.evals
          for p in ("pseudo", "pseudo_masked")]
   imb = [v for v in imb if math.isfinite(v)]
   if imb and max(imb) > 20:  # an (almost) absent class: ratios in the hundreds
@@ -560,16 +689,17 @@ def plot_curves(runs: Sequence[Run], axes) -> None:
     from matplotlib import ticker  # pylint: disable=g-import-not-at-top
     ax_imb.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax_imb.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-  ax_imb.axhline(1.0, color="k", ls="--", lw=1)
   ax_kl.set_title("KL(pseudo-labels || uniform)", fontsize=10)
   ax_kl.set_ylabel("nats")
   for ax in axes:
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
-    if any(r.evals for r in runs):
+    if ax.get_lines():
+      if ax is ax_imb:
+        ax.axhline(1.0, color="k", ls="--", lw=1)  # balanced; not a legend entry
       ax.legend(fontsize=7)
     else:
-      _empty(ax, "no eval records yet")
+      _empty(ax, "no values yet")
 
 
 # ------------------------------------------------------------------ figures, report
@@ -585,7 +715,9 @@ def _figure(nrows: int, ncols: int, w: float, h: float, **kw):
   return fig, axes
 
 
-def _save(fig, out_dir: str, name: str, written: list[str]) -> None:
+def _save(fig, out_dir: str, name: str, written: list[str], runs: Sequence[Run]) -> None:
+  """Saves ``fig`` as ``out_dir/name`` under a title naming the run(s)."""
+  fig.suptitle(" vs ".join(r.label for r in runs), fontsize=11)
   path = os.path.join(out_dir, name)
   fig.savefig(path, dpi=110)
   written.append(path)
@@ -612,7 +744,7 @@ def _run_facts(run: Run, last_frac: float) -> dict[str, str]:
   last_step = max([r.get("step", 0) for r in run.records], default=0)
   status = ("finished" if total and ev and ev[-1]["step"] >= int(total)
             else "running or interrupted")
-  top1 = [r["eval/top1"] for r in ev if "eval/top1" in r]
+  top1 = [v for v in (_num(r.get("eval/top1")) for r in ev) if math.isfinite(v)]
   last = ev[-1] if ev else {}
   names = [f"class {x}" if x.isdigit() else x for x in run.class_names]
   facts = {
@@ -630,18 +762,20 @@ def _run_facts(run: Run, last_frac: float) -> dict[str, str]:
     start = ev[-2]["step"] if len(ev) > 1 else 0
     facts["last eval window"] = f"steps {start}-{last['step']}"
 
-    def stat(name: str, pattern: str) -> str:
-      out = []
-      for prefix in ("pseudo", "pseudo_masked"):
-        empty = sum(last.get(f"{prefix}/counts", [1])) == 0  # no (confident) labels
-        out.append("–" if empty else _fmt(last.get(f"{prefix}/{name}"), pattern))
-      return " / ".join(out)
+    def stat(name: str, pattern: str) -> str:  # "–": undefined (e.g. no confident labels)
+      return " / ".join(_fmt(window_stat(last, prefix, name), pattern)
+                        for prefix in ("pseudo", "pseudo_masked"))
 
     facts["pseudo-label acc, all / confident (last window)"] = stat("acc", "{:.3f}")
     facts["imbalance max/min count, all / confident (last window)"] = stat(
         "imbalance", "{:.1f}")
     facts["KL to uniform (nats), all / confident (last window)"] = stat(
         "kl_uniform", "{:.3f}")
+    marginal = np.asarray([_num(v) for v in (last.get("marginal") or [])])
+    if marginal.size == run.num_classes and np.isfinite(marginal).all():
+      hi, lo = int(np.argmax(marginal)), int(np.argmin(marginal))
+      facts["running marginal of the pseudo-labels, max / min (last eval)"] = (
+          f"{names[hi]} {100 * marginal[hi]:.1f}% / {names[lo]} {100 * marginal[lo]:.1f}%")
   for key, tag in ((ALL, "all"), (MASKED, "confident")):
     conf, desc = window_confusion(ev, key, last_frac)
     if conf is None:
@@ -703,10 +837,18 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
 
   Returns:
     The written paths (PNGs, then report.md).
+
+  Raises:
+    FileNotFoundError: a workdir does not exist.
+    NothingToPlotError: a run has no evaluation yet (nothing is written).
   """
   if not 1 <= len(workdirs) <= 2:
     raise ValueError(f"give one or two workdirs, got {len(workdirs)}")
   runs = [load_run(w) for w in workdirs]
+  for r in runs:
+    why = nothing_to_plot(r)
+    if why is not None:
+      raise NothingToPlotError(why)
   if out_dir is None:
     out_dir = os.path.join(workdirs[0], "analysis" if len(runs) == 1 else
                            "analysis_vs_" + runs[1].name)
@@ -715,10 +857,6 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
   notes: list[str] = []
   n = len(runs)
   for r in runs:
-    if not r.records:
-      notes.append(f"{r.label}: no metrics.jsonl records yet.")
-    elif not r.evals:
-      notes.append(f"{r.label}: no eval records yet, so panels a-d are empty.")
     if _features(r) is None:
       notes.append(f"{r.label}: no usable class_features.npz; the similarity panel (d) "
                    "is skipped.")
@@ -741,7 +879,7 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
                        legend=(j == n - 1))
       if j > 0 and proportions(r.evals, key)[1].size:  # shared y, but labelled, in case
         axes[i, j].tick_params(labelleft=True)            # the other panel is empty
-  _save(fig, out_dir, "a_proportions.png", written)
+  _save(fig, out_dir, "a_proportions.png", written, runs)
 
   windows = [window_confusion(r.evals, ALL, last_frac) for r in runs]
   side = 5.2 if max(r.num_classes for r in runs) <= 10 else 6.0
@@ -750,14 +888,14 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
   for j, (r, (conf, desc)) in enumerate(zip(runs, windows)):
     plot_confusion(conf, axes[0, j], r.class_names,
                    title=title(r, f"(b) pseudo-label confusion, row-normalised\n{desc}"))
-  _save(fig, out_dir, "b_confusion.png", written)
+  _save(fig, out_dir, "b_confusion.png", written, runs)
 
   # c: precision / recall vs share.
   fig, axes = _figure(1, n, 5.4, 4.4, sharey=True)
   for j, (r, (conf, desc)) in enumerate(zip(runs, windows)):
     plot_precision_recall(conf, axes[0, j], r.class_names,
                           title=title(r, f"(c) pseudo-label precision / recall\n{desc}"))
-  _save(fig, out_dir, "c_precision_recall.png", written)
+  _save(fig, out_dir, "c_precision_recall.png", written, runs)
 
   # d: similarity heatmap, bars of the extremes, mean similarity vs share.
   fig, axes = _figure(n, 3, 5.0, 4.6)
@@ -771,12 +909,12 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
                          title=title(r, f"most vs least pseudo-labelled class\n{desc}"))
     plot_similarity_vs_share(feats, conf, axes[i, 2], r.class_names,
                              title=title(r, "mean similarity vs share"))
-  _save(fig, out_dir, "d_similarity.png", written)
+  _save(fig, out_dir, "d_similarity.png", written, runs)
 
   # Curves: top-1, imbalance, KL.
   fig, axes = _figure(1, 3, 4.8, 3.6)
   plot_curves(runs, axes[0])
-  _save(fig, out_dir, "curves.png", written)
+  _save(fig, out_dir, "curves.png", written, runs)
 
   report = os.path.join(out_dir, "report.md")
   with open(report, "w", encoding="utf-8") as f:
@@ -787,7 +925,9 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
 
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m dlpl_jax.analyze", description=__doc__.split(
-      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="exit status: 0 written; 1 nothing to plot yet (no evaluation in a run); "
+             "2 no such workdir")
   p.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="one run, or two to compare")
   p.add_argument("--out", default=None, help="output folder (default WORKDIR/analysis or "
                  "WORKDIR/analysis_vs_<name of WORKDIR2>)")
@@ -803,6 +943,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except FileNotFoundError as e:
     print(f"[dlpl_jax.analyze] {e}", file=sys.stderr)
     return 2
+  except NothingToPlotError as e:
+    print(f"[dlpl_jax.analyze] {e}", file=sys.stderr)
+    return 1
   for path in paths:
     print(path)
   return 0

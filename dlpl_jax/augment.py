@@ -89,7 +89,9 @@ Shapes: "image" below means float32 ``[H, W, 3]`` holding integers in [0, 255];
 "images" means ``[B, H, W, 3]``. Magnitude arguments are scalars (traced or not).
 
 CLI: ``python -m dlpl_jax.augment --show [--out PATH] [--n 8] [--seed 0]`` writes a PNG
-grid of real CIFAR-10 test images (rows: original, weak, 3 strong views).
+grid of real CIFAR-10 test images (rows: original, weak, 3 strong views), by default to
+``runs/augment_views.png`` (not committed). The README's figure is regenerated only on
+request: ``--show --out experiments/results/augment_views.png``.
 """
 
 from __future__ import annotations
@@ -849,7 +851,9 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--show", action="store_true",
                       help="write a PNG grid of weak/strong views of CIFAR-10 test images")
-  parser.add_argument("--out", default="experiments/results/augment_views.png")
+  parser.add_argument("--out", default="runs/augment_views.png",
+                      help="PNG path (default runs/augment_views.png, not committed; the "
+                           "README's figure: --out experiments/results/augment_views.png)")
   parser.add_argument("--n", type=int, default=8, help="number of images (columns)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--data_dir", default=None,

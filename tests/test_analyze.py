@@ -1,7 +1,10 @@
 """dlpl_jax.analyze on fake workdirs: hand-computed proportions and report numbers, one
-and two runs, and a running job's leftovers (torn line, one eval, no class features)."""
+and two runs, both metric formats (derived pseudo-label statistics in the eval record, or
+in the train record of the same step), a running job's leftovers (torn line, one eval,
+no class features), a run with nothing to plot yet, and the figures' axes and legends."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,7 +45,9 @@ def eval_record(step: int, conf, masked=None, top1: float = 50.0) -> dict:
 
 
 def write_workdir(path, records, method="fixmatch", num_classes=10, features=True,
-                  total_steps=800, torn=False):
+                  total_steps=800, torn=False, eval_every=100, log_every=50, means=None):
+  """A run folder as the trainer leaves it: metrics.jsonl, config.json and (with
+  ``features``) class_features.npz plus features/class_features_STEP.npz."""
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "metrics.jsonl"), "w", encoding="utf-8") as f:
     for r in records:
@@ -51,15 +56,78 @@ def write_workdir(path, records, method="fixmatch", num_classes=10, features=Tru
       f.write('{"step": 999, "kind": "eval", "pseudo/conf')
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump({"method": method, "dataset": "cifar10" if num_classes == 10 else "toy",
-               "num_classes": num_classes, "total_steps": total_steps}, f)
+               "num_classes": num_classes, "total_steps": total_steps,
+               "eval_every": eval_every, "log_every": log_every}, f)
   if features:
-    rng = np.random.default_rng(0)
-    means = rng.normal(size=(num_classes, 16)) + 1.0
-    if num_classes == 10:  # cat close to every class, above all bird, deer and dog
-      means[CAT] = means.mean(axis=0) + 0.5 * means[[DOG, DEER, BIRD]].mean(axis=0)
-    np.savez(os.path.join(path, "class_features.npz"), step=records[-1]["step"],
-             class_means=means, per_class_acc=np.full(num_classes, 50.0))
+    if means is None:
+      rng = np.random.default_rng(0)
+      means = rng.normal(size=(num_classes, 16)) + 1.0
+      if num_classes == 10:  # cat close to every class, above all bird, deer and dog
+        means[CAT] = means.mean(axis=0) + 0.5 * means[[DOG, DEER, BIRD]].mean(axis=0)
+    os.makedirs(os.path.join(path, "features"), exist_ok=True)
+    steps = [r["step"] for r in records if r.get("kind") == "eval"]
+    for step in steps:
+      for name in ("class_features.npz", f"features/class_features_{step}.npz"):
+        np.savez(os.path.join(path, name), step=step, class_means=means,
+                 per_class_acc=np.full(num_classes, 50.0))
   return str(path)
+
+
+def _null_nan(stats: dict) -> dict:
+  """The new format writes an undefined accuracy as JSON null."""
+  return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in stats.items()}
+
+
+def new_format_records(windows, marginals, eval_every=100, log_every=50, top1=None):
+  """metrics.jsonl records in the new format: each eval record holds ``eval/*`` and the
+  two confusion matrices only; the train record of the same step holds ``marginal`` and
+  the window's derived statistics (``null`` accuracy when undefined). ``windows``:
+  ``(conf, masked)`` per eval window; ``marginals``: the marginal at each eval step (the
+  train records between evals get a different, decoy one)."""
+  out = []
+  for e, ((conf, masked), marginal) in enumerate(zip(windows, marginals), 1):
+    step = eval_every * e
+    conf, masked = np.asarray(conf), np.asarray(masked)
+    c = len(conf)
+    for s in range(step - eval_every + log_every, step + 1, log_every):
+      part = 1 if s == step else 2  # mid-window: half of the window so far
+      r = {"step": s, "kind": "train", "train/loss": 1.0, "train/lr": 0.03,
+           "train/mask_rate": 0.5,
+           "marginal": list(marginal) if s == step else [1.0] + [0.0] * (c - 1)}
+      r.update(_null_nan(metrics_lib.pseudo_label_stats(conf // part, "pseudo")))
+      r.update(_null_nan(metrics_lib.pseudo_label_stats(masked // part, "pseudo_masked")))
+      out.append(r)
+    t = 40.0 + e if top1 is None else top1[e - 1]
+    out.append({"step": step, "kind": "eval", "eval/top1": t, "eval/per_class": [t] * c,
+                "eval/predicted": [50] * c, "pseudo/confusion": conf.tolist(),
+                "pseudo_masked/confusion": masked.tolist()})
+  return out
+
+
+def old_format_records(windows, marginals, eval_every=100, top1=None):
+  """The same windows in the old format: everything in the eval record."""
+  out = []
+  for e, ((conf, masked), marginal) in enumerate(zip(windows, marginals), 1):
+    step = eval_every * e
+    r = eval_record(step, conf, masked, top1=40.0 + e if top1 is None else top1[e - 1])
+    r["marginal"] = list(marginal)
+    out += [{"step": step - eval_every // 2, "kind": "train", "train/loss": 1.0,
+             "pseudo/counts": [1] * len(conf), "pseudo/acc_all": 0.5}, r]
+  return out
+
+
+def study_windows(n=8):
+  """Biased windows; the confident pseudo-labels of the first window are empty (their
+  accuracy is undefined)."""
+  windows, marginals = [], []
+  for e in range(1, n + 1):
+    conf = biased_confusion(5 * e)
+    masked = np.where(np.eye(10, dtype=bool), conf * 3 // 4, conf // 4)
+    windows.append((conf, np.zeros_like(conf) if e == 1 else masked))
+    m = np.full(10, 0.09)
+    m[CAT] = 0.19
+    marginals.append((m / m.sum()).tolist())
+  return windows, marginals
 
 
 def cifar_records(biases=(5, 10, 15, 20, 25, 30, 20, 20), debiased=False):
@@ -137,20 +205,62 @@ def test_running_job_leftovers_do_not_crash(tmp_path):
   assert "no usable class_features.npz" in report
   assert "class 1 53.3% / class 2 20.0%" in report
   assert "running or interrupted" in report
-  # Only train records so far, compared with a run that has evals.
-  empty = str(tmp_path / "empty")
-  os.makedirs(empty)
-  with open(os.path.join(empty, "metrics.jsonl"), "w", encoding="utf-8") as f:
-    f.write(json.dumps({"step": 3, "kind": "train", "train/loss": 2.0}) + "\n{\"st")
-  paths = analyze.analyze([empty, one])
-  assert len(paths) == len(PNGS) + 1
-  assert "no eval records yet" in open(paths[-1], encoding="utf-8").read()
   # A half-written class_features.npz reads as missing.
   with open(os.path.join(one, "class_features.npz"), "wb") as f:
     f.write(b"PK\x03\x04 torn")
   assert analyze.load_run(one).features is None
-  # A missing workdir is an error message, not a traceback.
+
+
+def _stderr_line(capsys) -> str:
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  return lines[0]
+
+
+def test_nothing_to_plot_yet(tmp_path, capsys):
+  wd = tmp_path / "early"
+  os.makedirs(wd)
+  with open(wd / "config.json", "w", encoding="utf-8") as f:
+    json.dump({"method": "debiaspl", "dataset": "cifar10", "num_classes": 10,
+               "total_steps": 1000, "eval_every": 500, "log_every": 10}, f)
+  # No metrics.jsonl, an empty one, then train records only (and a torn line).
+  for content, so_far in ((None, "no metrics.jsonl yet"), ("", "metrics.jsonl is empty"),
+                          ("".join(json.dumps({"step": s, "kind": "train",
+                                               "train/loss": 2.0}) + "\n"
+                                   for s in (10, 20, 30)) + '{"st', "30 steps logged")):
+    if content is not None:
+      (wd / "metrics.jsonl").write_text(content, encoding="utf-8")
+    assert analyze.main([str(wd)]) == 1
+    line = _stderr_line(capsys)
+    assert "nothing to plot yet" in line and so_far in line, line
+    assert "the first evaluation is written at step 500 (eval_every)" in line, line
+    assert not (wd / "analysis").exists()  # no PNGs, not even an empty folder
+  # total_steps below eval_every: the last step is the first evaluation.
+  (wd / "config.json").write_text(json.dumps({"total_steps": 200, "eval_every": 500}))
+  assert analyze.main([str(wd)]) == 1
+  assert "at step 200 (total_steps" in _stderr_line(capsys)
+  # Compared with a run that has evaluations: still nothing plotted.
+  one = write_workdir(tmp_path / "one", cifar_records())
+  with pytest.raises(analyze.NothingToPlotError, match="early: nothing to plot yet"):
+    analyze.analyze([one, str(wd)])
+  assert not os.path.exists(os.path.join(one, "analysis_vs_early"))
+  # What `make analyze` runs: the exit status and the one line on stderr.
+  (wd / "config.json").unlink()
+  proc = subprocess.run([sys.executable, "-m", "dlpl_jax.analyze", str(wd)],
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 1 and proc.stdout == ""
+  assert proc.stderr.count("\n") == 1 and "nothing to plot yet" in proc.stderr
+  assert "(no config.json yet)" in proc.stderr
+
+
+def test_missing_workdir_is_one_line(tmp_path, capsys):
   assert analyze.main([str(tmp_path / "nope")]) == 2
+  assert "no such workdir" in _stderr_line(capsys)
+  (tmp_path / "file").write_text("x")
+  assert analyze.main([str(tmp_path / "file")]) == 2
+  assert "not a run folder" in _stderr_line(capsys)
 
 
 def test_import_without_tensorflow():
@@ -158,3 +268,119 @@ def test_import_without_tensorflow():
           "assert 'matplotlib.pyplot' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                  env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_new_and_old_metric_formats_agree(tmp_path):
+  windows, marginals = study_windows()
+  new = write_workdir(tmp_path / "new", new_format_records(windows, marginals), "debiaspl")
+  old = write_workdir(tmp_path / "old", old_format_records(windows, marginals), "debiaspl")
+  # Statistics derived from the confusion matrices; marginal from the train record of the
+  # eval step (not the decoy of the mid-window record).
+  ev = analyze.load_run(new).evals
+  assert [r["step"] for r in ev] == [100 * e for e in range(1, 9)]
+  assert ev[-1]["marginal"] == pytest.approx(marginals[-1])
+  assert ev[-1]["pseudo/counts"] == metrics_lib.pseudo_label_stats(windows[-1][0])[
+      "pseudo/counts"]
+  assert math.isnan(analyze.window_stat(ev[0], "pseudo_masked", "acc"))  # null, empty
+  assert math.isnan(analyze.window_stat(ev[0], "pseudo_masked", "kl_uniform"))
+  assert analyze.window_stat(ev[-1], "pseudo", "acc") == pytest.approx(
+      metrics_lib.pseudo_label_stats(windows[-1][0])["pseudo/acc"])
+  reports = {}
+  for name, wd in (("new", new), ("old", old)):
+    paths = analyze.analyze([wd])
+    assert [os.path.basename(p) for p in paths] == list(PNGS) + ["report.md"]
+    for p in paths[:-1]:
+      assert os.path.getsize(p) > 5000, p
+    reports[name] = [line.replace(f"({name})", "(RUN)") for line in open(
+        paths[-1], encoding="utf-8").read().splitlines() if "| workdir |" not in line]
+  assert reports["new"] == reports["old"]
+  report = "\n".join(reports["new"])
+  assert "debiaspl (RUN)" in report
+  assert "| running marginal of the pseudo-labels, max / min (last eval) | cat 19.0% / " \
+         "airplane 9.0% |" in report
+  acc = metrics_lib.pseudo_label_stats(windows[-1][0])["pseudo/acc"]
+  acc_m = metrics_lib.pseudo_label_stats(windows[-1][1])["pseudo/acc"]
+  assert f"| {acc:.3f} / {acc_m:.3f} |" in report
+  # Two runs, one per format.
+  assert analyze.main([new, old]) == 0
+  assert os.path.exists(os.path.join(new, "analysis_vs_old", "report.md"))
+
+
+def test_new_format_nulls_and_first_window_only(tmp_path):
+  # One window without any pseudo-label: every statistic undefined, shown as "–", and
+  # null top-1 / marginal values do not crash.
+  zero = np.zeros((10, 10), int)
+  recs = new_format_records([(zero, zero)], [[0.1] * 10])
+  recs[-1]["eval/top1"] = None
+  recs[-2]["marginal"] = None
+  wd = write_workdir(tmp_path / "nulls", recs, features=False)
+  report = open(analyze.analyze([wd])[-1], encoding="utf-8").read()
+  assert "| pseudo-label acc, all / confident (last window) | – / – |" in report
+  assert "| final test top-1 | – |" in report
+  assert "running marginal" not in report
+
+
+def test_figures_name_the_run_and_axes_are_honest(tmp_path, monkeypatch):
+  windows, marginals = study_windows()
+  # A never-predicted class (frog) and near-identical class means (cosine 0.97-0.99).
+  for conf, masked in windows:
+    for m in (conf, masked):
+      m[:, CAT] += m[:, 6]
+      m[:, 6] = 0
+  rng = np.random.default_rng(0)
+  means = 5.0 + 0.3 * rng.normal(size=(10, 16))
+  wd = write_workdir(tmp_path / "dp_run", new_format_records(windows, marginals),
+                     "debiaspl", means=means)
+  saved = {}
+  real_save = analyze._save
+
+  def save(fig, out_dir, name, written, runs):
+    real_save(fig, out_dir, name, written, runs)
+    saved[name] = fig
+  monkeypatch.setattr(analyze, "_save", save)
+  analyze.analyze([wd])
+  assert sorted(saved) == sorted(PNGS)
+  for name, fig in saved.items():
+    assert fig.get_suptitle() == "debiaspl (dp_run)", name
+  # (b): each row's number of unlabeled images in the windows (2 windows x 80).
+  b = saved["b_confusion.png"].axes[0]
+  rows = [t.get_text() for t in b.get_yticklabels()]
+  assert rows[0] == "airplane (n=160)" and rows[CAT] == "cat (n=160)", rows
+  # (c): a margin left of x = 0 so that frog (share 0) is visible.
+  c = saved["c_precision_recall.png"].axes[0]
+  assert c.get_xlim()[0] < 0
+  # (d): bars from 0, the cosine axis never above 1; the scatter's x axis neither.
+  _, bars, scatter = saved["d_similarity.png"].axes[:3]
+  assert bars.get_ylim()[0] <= 0 and bars.get_ylim()[1] == 1.0
+  assert scatter.get_xlim()[1] <= 1.0
+  sim = analyze.cosine_similarity(means)
+  assert sim[~np.eye(10, dtype=bool)].min() > 0.95  # the case that a truncated axis hid
+  # Curves: the first window has no confident pseudo-labels, the others do, so both
+  # series are drawn; top-1 has one series.
+  curves = saved["curves.png"].axes
+  assert [t.get_text() for t in curves[0].get_legend().get_texts()] == ["debiaspl (dp_run)"]
+
+
+def test_curve_legends_list_only_drawn_series():
+  from matplotlib.figure import Figure
+  zero = np.zeros((3, 3), int)
+  evals = [eval_record(s, [[4, 1, 0], [0, 5, 0], [0, 2, 3]], zero) for s in (10, 20)]
+  run = analyze.Run("runs/x", {"method": "fixmatch"}, None, evals, evals, None,
+                    ["0", "1", "2"])
+  fig = Figure()
+  axes = fig.subplots(1, 3)
+  analyze.plot_curves([run], axes)
+  for ax in axes[1:]:  # no confident pseudo-labels at all: no "confident" entry
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fixmatch (x), all"]
+  # No top-1 values at all: nothing drawn, no legend.
+  for r in evals:
+    r["eval/top1"] = None
+  fig = Figure()
+  axes = fig.subplots(1, 3)
+  analyze.plot_curves([run], axes)
+  assert axes[0].get_legend() is None and not axes[0].get_lines()
+  # A proportions panel without any confident pseudo-label: no class lines, no entries.
+  fig = Figure()
+  ax = fig.subplots()
+  analyze.plot_proportions(evals, ax, analyze.MASKED)
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["1/C"]
