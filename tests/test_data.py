@@ -133,3 +133,129 @@ def test_missing_tensorflow_says_what_to_install(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails.
   with pytest.raises(ImportError, match="pip install tensorflow-cpu tensorflow-data"):
     data.load_split("cifar10", "test", data_dir=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------
+# Damaged copies of the prepared CIFAR-10: every failure is one DataError line naming
+# the file, the data directory and the repair. Only the small test shard is copied
+# (and damaged); the other shard is linked, never written.
+
+TEST_SHARD = "cifar10-test.tfrecord-00000-of-00001"
+needs_real_data = pytest.mark.skipif(
+    not _real_data_prepared(), reason=f"CIFAR-10 not prepared in {REAL_DATA_DIR}")
+
+
+def _damaged_copy(tmp_path, shard_bytes=None, info_text=None, drop_shard=False):
+  """A data dir in tmp_path mirroring the prepared cifar10, with one file replaced."""
+  (src,) = pathlib.Path(REAL_DATA_DIR, "cifar10").iterdir()  # the version folder
+  dst = tmp_path / "data" / "cifar10" / src.name
+  dst.mkdir(parents=True)
+  for f in src.iterdir():
+    if f.name == TEST_SHARD:
+      if not drop_shard:
+        dst.joinpath(f.name).write_bytes(
+            f.read_bytes() if shard_bytes is None else shard_bytes(f))
+    elif f.name == "dataset_info.json" and info_text is not None:
+      dst.joinpath(f.name).write_text(info_text)
+    elif f.suffix in (".json", ".txt"):
+      dst.joinpath(f.name).write_bytes(f.read_bytes())
+    else:
+      dst.joinpath(f.name).symlink_to(f)
+  return str(tmp_path / "data"), str(dst / TEST_SHARD)
+
+
+def _assert_data_error(info, path, data_dir, *words):
+  msg = str(info.value)
+  assert isinstance(info.value, ValueError) and "\n" not in msg, msg
+  assert path in msg and repr(data_dir) in msg, msg
+  assert f"`tfds build cifar10 --data_dir {data_dir}`" in msg, msg
+  assert "docs/DATA.md" in msg and "restore the files" in msg, msg
+  for word in words:
+    assert word in msg, msg
+  assert "function_node" not in msg and "[Op:" not in msg, msg
+
+
+def _record_ends(blob, n):
+  """Byte offsets just past each of the first n TFRecord records of blob."""
+  ends, pos = [], 0
+  for _ in range(n):
+    length = int.from_bytes(blob[pos:pos + 8], "little")
+    pos += 8 + 4 + length + 4  # length, its CRC, data, data CRC
+    ends.append(pos)
+  return ends
+
+
+@needs_real_data
+def test_truncated_shard_names_file(tmp_path):
+  data_dir, shard = _damaged_copy(
+      tmp_path, shard_bytes=lambda f: f.read_bytes()[:300_000])  # mid-record cut
+  with pytest.raises(data.DataError) as info:
+    data.load_split("cifar10", "test", data_dir=data_dir)
+  _assert_data_error(info, shard, data_dir, "truncated")
+  batches = data.stream("cifar10", "test", 16, seed=0, data_dir=data_dir,
+                        repeat=False, shuffle_buffer=1)
+  with pytest.raises(data.DataError) as info:  # lazy: raised while iterating
+    for _ in batches:
+      pass
+  _assert_data_error(info, shard, data_dir, "truncated")
+
+
+@needs_real_data
+def test_shard_cut_between_records_is_counted(tmp_path):
+  def three_records(f):
+    blob = f.read_bytes()
+    return blob[:_record_ends(blob, 3)[-1]]
+  data_dir, shard = _damaged_copy(tmp_path, shard_bytes=three_records)
+  with pytest.raises(data.DataError) as info:
+    data.load_split("cifar10", "test", data_dir=data_dir)
+  _assert_data_error(info, shard, data_dir, "holds 3 examples", "lists 10000")
+
+
+@needs_real_data
+def test_missing_shard_names_file(tmp_path):
+  data_dir, shard = _damaged_copy(tmp_path, drop_shard=True)
+  with pytest.raises(data.DataError) as info:
+    data.load_split("cifar10", "test", data_dir=data_dir)
+  _assert_data_error(info, shard, data_dir, "is missing")
+  with pytest.raises(data.DataError) as info:  # at the call, before iterating
+    data.stream("cifar10", "test", 16, seed=0, data_dir=data_dir)
+  _assert_data_error(info, shard, data_dir, "is missing")
+
+
+@needs_real_data
+def test_bit_flip_fails_checksum(tmp_path):
+  def flipped(f):
+    blob = bytearray(f.read_bytes())
+    blob[_record_ends(blob, 1)[0] + 100] ^= 0x10  # inside the second record's data
+    return bytes(blob)
+  data_dir, shard = _damaged_copy(tmp_path, shard_bytes=flipped)
+  with pytest.raises(data.DataError) as info:
+    data.load_split("cifar10", "test", data_dir=data_dir)
+  _assert_data_error(info, shard, data_dir, "corrupted", "checksum")
+  with pytest.raises(data.DataError) as info:
+    next(data.stream("cifar10", "test", 16, seed=0, data_dir=data_dir,
+                     shuffle_buffer=1))
+  _assert_data_error(info, shard, data_dir, "corrupted")
+
+
+@needs_real_data
+@pytest.mark.parametrize("text,why", [
+    ('{"name": "cifar10", "spl', "JSONDecodeError"),  # cut short
+    ("", "JSONDecodeError"),  # emptied
+    ("[]", "JSON list"),
+    ('{"name": "cifar10", "version": "3.0.2"}', "lacks splits"),
+])
+def test_unreadable_dataset_info(tmp_path, text, why):
+  data_dir, shard = _damaged_copy(tmp_path, info_text=text)
+  info_path = os.path.join(os.path.dirname(shard), "dataset_info.json")
+  with pytest.raises(data.DataError) as info:
+    data.load_split("cifar10", "test", data_dir=data_dir)
+  _assert_data_error(info, info_path, data_dir, why)
+  with pytest.raises(data.DataError) as info:
+    data.stream("cifar10", "test", 16, seed=0, data_dir=data_dir)
+  _assert_data_error(info, info_path, data_dir, why)
+
+
+def test_data_error_is_a_value_error():
+  # The command line reports ValueError / FileNotFoundError in one line and exits 2.
+  assert issubclass(data.DataError, ValueError)
