@@ -1,11 +1,15 @@
 """Trace-time input checks shared by the pure functions.
 
 Everything here looks only at static information (ranks, shapes, dtypes) or at
-Python/concrete scalars, so it runs once while tracing under ``jax.jit`` and costs
-nothing at run time. Values that are traced (unknown until run time) are not checked.
+concrete values (Python scalars, arrays that are not tracers), so it runs once while
+tracing under ``jax.jit`` and costs nothing at run time. Values that are traced
+(unknown until run time) cannot be checked here; the math functions turn the bad ones
+into NaN instead (see :func:`guard_tau` and :func:`dlpl_jax.loss.log_marginal`).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +48,48 @@ def check_classes(logits_name: str, logits, marginal) -> None:
         f"of shape {jnp.shape(logits)}, got marginal of shape {jnp.shape(marginal)}")
 
 
-def check_non_negative(name: str, x) -> None:
+def check_finite_non_negative(name: str, x) -> None:
   v = concrete_float(x)
-  if v is not None and not v >= 0.0:  # also refuses NaN
-    raise ValueError(f"{name} must be >= 0, got {v}")
+  if v is not None and not 0.0 <= v < math.inf:  # refuses NaN, inf and negatives
+    raise ValueError(f"{name} must be finite and >= 0, got {v}")
+
+
+def check_batch(name: str, x) -> None:
+  """Refuses an empty batch (``B = 0``, a static shape, so also under ``jit``)."""
+  if jnp.shape(x)[0] == 0:
+    raise ValueError(
+        f"{name} must hold at least one example, got an empty batch of shape "
+        f"{jnp.shape(x)} (a mean over B = 0 examples is NaN)")
+
+
+def check_marginal_values(marginal) -> None:
+  """Refuses negative or non-finite entries of a concrete (not traced) marginal."""
+  if isinstance(marginal, jax.core.Tracer):
+    return
+  if not getattr(marginal, "is_fully_addressable", True):
+    return  # a multi-process global array: no host has all the values
+  shown = np.asarray(jax.device_get(marginal))  # printed in its own precision
+  m = shown.astype(np.float64)
+  bad = np.flatnonzero(~np.isfinite(m) | (m < 0))
+  if bad.size:
+    c = int(bad[0])
+    raise ValueError(
+        f"marginal entries must be finite and >= 0, got {shown[c]!s} for class {c} "
+        f"({bad.size} bad entr{'y' if bad.size == 1 else 'ies'})")
+
+
+def guard_tau(tau, dtype) -> jax.Array:
+  """``tau`` as a ``dtype`` scalar, refused unless finite and >= 0.
+
+  A concrete ``tau`` is checked now (``ValueError``). A traced one cannot be; a
+  negative or non-finite value then becomes NaN, so every output that depends on it
+  is NaN rather than a plausible wrong number.
+  """
+  check_finite_non_negative("tau", tau)
+  t = jnp.asarray(tau, dtype)
+  if concrete_float(tau) is None:
+    t = jnp.where(jnp.isfinite(t) & (t >= 0), t, jnp.nan)
+  return t
 
 
 def check_unit_interval(name: str, x) -> None:
@@ -57,12 +99,15 @@ def check_unit_interval(name: str, x) -> None:
 
 
 def check_logits_marginal_tau(logits, marginal, tau) -> None:
-  """Logits ``[B, C]`` floating, marginal ``[C]`` matching, ``tau >= 0``."""
+  """Logits ``[B >= 1, C]`` floating, marginal ``[C]`` matching with finite entries
+  >= 0 (when concrete), ``tau`` finite and >= 0 (when concrete)."""
   check_rank("logits", logits, 2, "[B, C]")
   check_float("logits", logits)
+  check_batch("logits", logits)
   check_rank("marginal", marginal, 1, "[C]")
   check_classes("logits", logits, marginal)
-  check_non_negative("tau", tau)
+  check_marginal_values(marginal)
+  check_finite_non_negative("tau", tau)
 
 
 def compute_dtype(x):

@@ -21,6 +21,8 @@ from dlpl_jax import _checks
 # underflowed) entry gives log(1e-12) ~ -27.6 instead of -inf: no NaN or inf in the
 # loss or its gradient. A true marginal estimated from softmax outputs never gets this
 # small in practice (softmax probabilities are >= ~1e-38 and the EMA mixes them).
+# The floor applies to entries in [0, 1e-12) only: a negative or non-finite entry is
+# an error (ValueError when the marginal is concrete, NaN under jit), never floored.
 MARGINAL_FLOOR = 1e-12
 
 
@@ -31,11 +33,15 @@ def log_marginal(marginal: ArrayLike) -> jax.Array:
     marginal: class marginal ``[C]``.
 
   Returns:
-    ``[C]`` log-marginal, finite for any non-negative input.
+    ``[C]`` log-marginal: finite for every entry in ``[0, inf)``; NaN for a negative
+    or non-finite entry (NaN, +-inf), so that a broken marginal cannot pass for a
+    small one. This function does not raise; the loss functions refuse such a
+    marginal with ``ValueError`` when its values are known (not traced).
   """
   marginal = jnp.asarray(marginal)
   marginal = marginal.astype(_checks.compute_dtype(marginal))
-  return jnp.log(jnp.maximum(marginal, MARGINAL_FLOOR))
+  valid = jnp.isfinite(marginal) & (marginal >= 0)
+  return jnp.where(valid, jnp.log(jnp.maximum(marginal, MARGINAL_FLOOR)), jnp.nan)
 
 
 def _check_labels(logits: jax.Array, labels) -> None:
@@ -110,19 +116,27 @@ def adaptive_margin(
   zero entry never yields NaN/inf in the loss or its gradient. ``tau = 0`` (or a uniform
   marginal) gives plain cross-entropy.
 
+  Bad values are refused with ``ValueError`` when they are known at trace time (Python
+  numbers, concrete arrays, static shapes). Under ``jax.jit`` a traced ``tau`` or
+  ``marginal`` cannot be checked; then a negative or non-finite ``tau``, or a negative
+  or non-finite marginal entry, makes the loss of every example NaN (never a finite
+  wrong number; a negative entry is not floored).
+
   Args:
     logits: ``[B, C]`` float logits, e.g. of the strong view (bfloat16 is computed in
       float32).
     labels: ``[B]`` integer targets in ``[0, C)`` (e.g. pseudo-labels).
-    marginal: ``[C]`` class marginal :math:`\hat p` (non-negative, sums to 1).
-    tau: margin strength :math:`\tau \ge 0` (0.4 in the paper's scripts).
+    marginal: ``[C]`` class marginal :math:`\hat p` (finite, non-negative, sums to 1).
+    tau: margin strength, finite, :math:`\tau \ge 0` (0.4 in the paper's scripts).
 
   Returns:
     ``[B]`` float32 per-example losses. Mask and average them yourself.
 
   Raises:
-    ValueError: at trace time, for wrong ranks, a class-count mismatch between logits
-      and marginal, non-integer labels, or a concrete ``tau < 0``.
+    ValueError: at trace time, for wrong ranks, an empty batch (``B = 0``), a
+      class-count mismatch between logits and marginal, non-integer labels, a
+      concrete ``tau`` that is negative or not finite, or a concrete marginal with a
+      negative or non-finite entry.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -143,6 +157,6 @@ def adaptive_margin(
   _checks.check_logits_marginal_tau(logits, marginal, tau)
   _check_labels(logits, labels)
   logits = logits.astype(_checks.compute_dtype(logits))
-  shifted = logits + jnp.asarray(tau, logits.dtype) * log_marginal(marginal).astype(
-      logits.dtype)
+  tau = _checks.guard_tau(tau, logits.dtype)
+  shifted = logits + tau * log_marginal(marginal).astype(logits.dtype)
   return cross_entropy(shifted, labels)

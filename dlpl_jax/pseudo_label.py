@@ -1,6 +1,6 @@
 """Pseudo-labels of FixMatch and DebiasPL, the class-marginal EMA, the unlabeled loss.
 
-Pure functions of arrays. The order of one DebiasPL step (METHOD.md):
+Pure functions of arrays. The order of one DebiasPL step (docs/METHOD.md):
 
 1. ``q = debias(z_w, p̂, tau)`` with the marginal from BEFORE this step's update;
    ``ŷ, mask = hard_labels(q, threshold)``.
@@ -8,6 +8,14 @@ Pure functions of arrays. The order of one DebiasPL step (METHOD.md):
 3. ``L_u = mean(mask · adaptive_margin(z_s, ŷ, p̂_new, tau))``.
 
 :func:`unlabeled_loss` does the three in this order; ``tau = 0`` is FixMatch exactly.
+
+Bad inputs are refused with ``ValueError`` whenever they can be seen at trace time:
+wrong ranks or class counts, an empty batch (``B = 0``: the batch mean would be
+NaN), a ``tau`` that is negative or not finite, a marginal with a negative or
+non-finite entry, a momentum or threshold outside ``[0, 1]``. Under ``jax.jit``,
+values that are traced cannot be checked; a bad traced ``tau`` or marginal entry
+then gives NaN in the outputs that depend on it (never a finite wrong number): a
+negative marginal entry is not floored at :data:`dlpl_jax.loss.MARGINAL_FLOOR`.
 
 References:
   Sohn et al., FixMatch, NeurIPS 2020, https://arxiv.org/abs/2001.07685
@@ -37,13 +45,20 @@ def debias(logits: ArrayLike, marginal: ArrayLike, tau: float | ArrayLike = 0.4)
   the log. ``tau = 0`` or a uniform marginal gives ``softmax(z)``.
 
   Args:
-    logits: ``[B, C]`` logits of the weak view (bfloat16 is computed in float32).
+    logits: ``[B, C]`` logits of the weak view, ``B >= 1`` (bfloat16 is computed in
+      float32).
     marginal: ``[C]`` class marginal :math:`\hat p`, the one from before this step's
-      update.
-    tau: debiasing strength :math:`\tau \ge 0`.
+      update; entries finite and ``>= 0``.
+    tau: debiasing strength, finite, :math:`\tau \ge 0`.
 
   Returns:
-    ``[B, C]`` float32 probabilities.
+    ``[B, C]`` float32 probabilities. Under ``jax.jit``, a traced ``tau`` that is
+    negative or not finite, or a traced marginal with such an entry, makes every row
+    NaN.
+
+  Raises:
+    ValueError: wrong ranks or class counts, ``B = 0``, a concrete ``tau`` that is
+      negative or not finite, a concrete marginal with a negative or non-finite entry.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -60,7 +75,8 @@ def debias(logits: ArrayLike, marginal: ArrayLike, tau: float | ArrayLike = 0.4)
   _checks.check_logits_marginal_tau(logits, marginal, tau)
   logits = jax.lax.stop_gradient(logits.astype(_checks.compute_dtype(logits)))
   log_p = jax.lax.stop_gradient(loss_lib.log_marginal(marginal)).astype(logits.dtype)
-  return jax.nn.softmax(logits - jnp.asarray(tau, logits.dtype) * log_p, axis=-1)
+  tau = _checks.guard_tau(tau, logits.dtype)
+  return jax.nn.softmax(logits - tau * log_p, axis=-1)
 
 
 def update_marginal(
@@ -82,14 +98,21 @@ def update_marginal(
   the official PyTorch code does). No gradient flows through the result.
 
   Args:
-    marginal: ``[C]`` current estimate, non-negative and summing to 1.
-    probs: ``[B, C]`` probabilities (rows sum to 1).
+    marginal: ``[C]`` current estimate, entries finite and ``>= 0``, summing to 1.
+    probs: ``[B, C]`` probabilities (rows sum to 1), ``B >= 1``.
     momentum: EMA momentum :math:`m \in [0, 1]` (0.999 default; 0.99 in the official
       short runs).
     axis_name: optional mapped axis to average the batch mean over.
 
   Returns:
-    ``[C]`` updated marginal, still a probability vector.
+    ``[C]`` updated marginal, still a probability vector. Under ``jax.jit``, a traced
+    marginal entry that is negative or not finite comes out NaN (it is not carried
+    on, nor clipped, as a plausible number).
+
+  Raises:
+    ValueError: wrong ranks or class counts, ``B = 0`` (the batch mean would be NaN),
+      a concrete momentum outside ``[0, 1]``, a concrete marginal with a negative or
+      non-finite entry.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -104,8 +127,10 @@ def update_marginal(
   probs = jnp.asarray(probs)
   _checks.check_rank("probs", probs, 2, "[B, C]")
   _checks.check_float("probs", probs)
+  _checks.check_batch("probs", probs)
   _checks.check_rank("marginal", marginal, 1, "[C]")
   _checks.check_classes("probs", probs, marginal)
+  _checks.check_marginal_values(marginal)
   _checks.check_unit_interval("momentum", momentum)
   marginal = jnp.asarray(marginal)
   dtype = jnp.promote_types(_checks.compute_dtype(marginal), _checks.compute_dtype(probs))
@@ -121,7 +146,10 @@ def update_marginal(
   else:
     one_minus_m = 1 - jnp.asarray(momentum, dtype)
   marginal = marginal.astype(dtype)
-  return jax.lax.stop_gradient(marginal + one_minus_m * (batch_mean - marginal))
+  new = marginal + one_minus_m * (batch_mean - marginal)
+  # A traced bad entry (negative, NaN, inf) becomes NaN instead of being carried on.
+  new = jnp.where(jnp.isfinite(marginal) & (marginal >= 0), new, jnp.nan)
+  return jax.lax.stop_gradient(new)
 
 
 def hard_labels(probs: ArrayLike, threshold: float | ArrayLike = 0.95) -> tuple[jax.Array, jax.Array]:
@@ -183,7 +211,7 @@ def unlabeled_loss(
 ) -> UnlabeledLoss:
   r"""The unlabeled loss of DebiasPL (``tau > 0``) or FixMatch (``tau = 0``).
 
-  In METHOD.md's order:
+  In docs/METHOD.md's order:
 
   .. math::
     q &= \mathrm{softmax}(\mathrm{sg}(z_w) - \tau \log \hat p_{t-1}), \quad
@@ -195,17 +223,28 @@ def unlabeled_loss(
   marginal is still tracked (it then measures FixMatch's pseudo-label bias).
 
   Args:
-    weak_logits: ``[B, C]`` logits of the weak views (no gradient flows through them).
+    weak_logits: ``[B, C]`` logits of the weak views, ``B >= 1`` (no gradient flows
+      through them).
     strong_logits: ``[B, C]`` logits of the strong views of the same images.
-    marginal: ``[C]`` class marginal before this step.
-    tau: debiasing / margin strength (0 = FixMatch, 0.4 = DebiasPL default).
+    marginal: ``[C]`` class marginal before this step, entries finite and ``>= 0``.
+    tau: debiasing / margin strength, finite and ``>= 0`` (0 = FixMatch, 0.4 =
+      DebiasPL default).
     threshold: confidence threshold in ``[0, 1]``.
     momentum: marginal EMA momentum in ``[0, 1]``.
     axis_name: optional mapped axis for the marginal's batch mean (see
       :func:`update_marginal`); not needed under ``jax.jit`` with sharded arrays.
 
   Returns:
-    An :class:`UnlabeledLoss` ``(loss, marginal, labels, mask, confidence)``.
+    An :class:`UnlabeledLoss` ``(loss, marginal, labels, mask, confidence)``. Under
+    ``jax.jit``, a traced ``tau`` that is negative or not finite, or a traced marginal
+    with such an entry, makes ``loss`` and ``confidence`` NaN (the mask is then 0 and
+    the labels are meaningless); a bad marginal entry also comes out NaN in
+    ``marginal`` (see :func:`update_marginal`).
+
+  Raises:
+    ValueError: wrong ranks or shapes, ``B = 0``, a concrete ``tau`` that is negative
+      or not finite, a concrete marginal with a negative or non-finite entry, a
+      concrete threshold or momentum outside ``[0, 1]``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -228,11 +267,17 @@ def unlabeled_loss(
     raise ValueError(
         f"weak_logits {weak_logits.shape} and strong_logits {strong_logits.shape} "
         "must have the same shape [B, C]")
+  _checks.check_batch("weak_logits", weak_logits)
   q = debias(weak_logits, marginal, tau)
   labels, mask = hard_labels(q, threshold)
   raw = jax.nn.softmax(
       jax.lax.stop_gradient(weak_logits.astype(_checks.compute_dtype(weak_logits))), axis=-1)
   new_marginal = update_marginal(marginal, raw, momentum, axis_name=axis_name)
   per_example = loss_lib.adaptive_margin(strong_logits, labels, new_marginal, tau)
-  loss = jnp.mean(mask * per_example)
+  # A NaN pseudo-label distribution (bad traced tau or marginal, non-finite weak
+  # logits) masks every example, and XLA turns mask * NaN into 0: poison the loss
+  # (and its gradient) explicitly so that it cannot read as a finite number.
+  ok = (jnp.all(jnp.isfinite(new_marginal))
+        & jnp.isfinite(_checks.guard_tau(tau, new_marginal.dtype)))
+  loss = jnp.mean(mask * per_example) * jnp.where(ok, 1.0, jnp.nan)
   return UnlabeledLoss(loss, new_marginal, labels, mask, jnp.max(q, axis=-1))

@@ -127,11 +127,40 @@ class TestAdaptiveMargin:
     with pytest.raises(ValueError, match=match):  # at trace time under jit, too
       jax.jit(loss_lib.adaptive_margin)(*args)
 
-  def test_negative_tau_raises(self):
-    with pytest.raises(ValueError, match=r"tau must be >= 0, got -0.1"):
-      loss_lib.adaptive_margin(LOGITS, LABELS, MARGINAL, -0.1)
-    with pytest.raises(ValueError, match=r"tau must be >= 0, got nan"):
-      loss_lib.adaptive_margin(LOGITS, LABELS, MARGINAL, float("nan"))
+  @pytest.mark.parametrize("tau", [-0.1, float("nan"), float("inf"), -float("inf")])
+  def test_bad_tau_raises_eagerly_and_is_nan_under_jit(self, tau):
+    with pytest.raises(ValueError, match=r"tau must be finite and >= 0, got "):
+      loss_lib.adaptive_margin(LOGITS, LABELS, MARGINAL, tau)
+    # Traced, its value is unknown at trace time: every loss is NaN, never a number.
+    out = jax.jit(loss_lib.adaptive_margin)(LOGITS, LABELS, MARGINAL, tau)
+    assert np.isnan(out).all(), out
+
+  @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), -float("inf")])
+  def test_bad_marginal_entry_raises_eagerly_and_is_nan_under_jit(self, bad):
+    p = np.array([0.6, 0.4, bad], np.float32)
+    with pytest.raises(ValueError, match=r"marginal entries must be finite and >= 0, "
+                                         r"got .* for class 2 \(1 bad entry\)"):
+      loss_lib.adaptive_margin(LOGITS, LABELS, p, 0.4)
+    with pytest.raises(ValueError, match=r"marginal entries must be finite"):
+      loss_lib.adaptive_margin(LOGITS, LABELS, jnp.asarray(p), 0.4)  # jax array too
+    for tau in (0.4, 0.0):  # NaN even when tau = 0 multiplies the log-marginal
+      out = jax.jit(loss_lib.adaptive_margin)(LOGITS, LABELS, p, tau)
+      assert np.isnan(out).all(), (tau, out)
+    # A negative entry is not floored: the floored marginal would give a finite loss.
+    floored = np.array([0.6, 0.4, loss_lib.MARGINAL_FLOOR], np.float32)
+    assert np.isfinite(jax.jit(loss_lib.adaptive_margin)(LOGITS, LABELS, floored, 0.4)).all()
+
+  def test_log_marginal_floors_zero_and_poisons_bad_entries(self):
+    out = loss_lib.log_marginal(jnp.array([1.0, 0.0, -0.5, jnp.nan, jnp.inf]))
+    np.testing.assert_allclose(out[:2], [0.0, np.log(1e-12)], rtol=1e-6)
+    assert np.isnan(out[2:]).all(), out
+
+  def test_empty_batch_raises_eagerly_and_under_jit(self):
+    z, y = np.zeros((0, 3), np.float32), np.zeros((0,), np.int32)
+    with pytest.raises(ValueError, match=r"logits must hold at least one example.*\(0, 3\)"):
+      loss_lib.adaptive_margin(z, y, MARGINAL, 0.4)
+    with pytest.raises(ValueError, match=r"logits must hold at least one example"):
+      jax.jit(loss_lib.adaptive_margin)(z, y, MARGINAL, 0.4)  # static shape: trace time
 
 
 def test_import_does_not_pull_tensorflow():

@@ -1,4 +1,4 @@
-"""Tests for dlpl_jax.pseudo_label: METHOD.md's invariants, hand values, errors."""
+"""Tests for dlpl_jax.pseudo_label: docs/METHOD.md's invariants, hand values, errors."""
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ def np_fixmatch(weak, strong, threshold):
 
 
 def np_debiaspl(weak, strong, p, tau, threshold, m):
-  """Independent float64 DebiasPL step in METHOD.md's order."""
+  """Independent float64 DebiasPL step in docs/METHOD.md's order."""
   q = np_softmax(np.asarray(weak, np.float64) - tau * np.log(p))
   y = q.argmax(-1)
   mask = (q.max(-1) >= threshold).astype(np.float64)
@@ -221,3 +221,86 @@ class TestUnlabeledLoss:
       pl.unlabeled_loss(self.WEAK, self.STRONG[:3], self.SKEWED)
     with pytest.raises(ValueError, match=r"marginal must have shape \[C\] = \(10,\)"):
       pl.unlabeled_loss(self.WEAK, self.STRONG, self.SKEWED[:5])
+
+
+# ----------------------------------------------------------------------------------
+# Refusals: tau finite and >= 0, marginal entries finite and >= 0, B >= 1. Refused
+# with ValueError when known at trace time; under jit a traced bad value gives NaN.
+
+BAD_VALUES = [-0.1, float("nan"), float("inf"), -float("inf")]
+Z = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, -1.0]], np.float32)
+P = np.array([0.5, 0.25, 0.25], np.float32)
+
+
+def _with_bad_entry(bad):
+  return np.array([0.6, 0.4, bad], np.float32)
+
+
+class TestRefusals:
+
+  @pytest.mark.parametrize("tau", BAD_VALUES)
+  def test_bad_tau(self, tau):
+    with pytest.raises(ValueError, match=r"tau must be finite and >= 0"):
+      pl.debias(Z, P, tau)
+    with pytest.raises(ValueError, match=r"tau must be finite and >= 0"):
+      pl.unlabeled_loss(Z, Z, P, tau)
+    assert np.isnan(jax.jit(pl.debias)(Z, P, tau)).all()
+    out = jax.jit(pl.unlabeled_loss)(Z, Z, P, tau, 0.5, 0.9)
+    assert np.isnan(out.loss) and np.isnan(out.confidence).all()
+    np.testing.assert_array_equal(out.mask, [0.0, 0.0])
+    assert np.isfinite(out.marginal).all()  # the EMA does not use tau
+    grad = jax.jit(jax.grad(
+        lambda s, t: pl.unlabeled_loss(Z, s, P, t, 0.5, 0.9).loss))(Z, tau)
+    assert np.isnan(grad).all(), grad
+
+  @pytest.mark.parametrize("bad", BAD_VALUES)
+  def test_bad_marginal_entry(self, bad):
+    p = _with_bad_entry(bad)
+    match = r"marginal entries must be finite and >= 0, got .* for class 2"
+    for f in (lambda: pl.debias(Z, p, 0.4),
+              lambda: pl.update_marginal(p, np.full((2, 3), 1 / 3, np.float32), 0.9),
+              lambda: pl.unlabeled_loss(Z, Z, p, 0.4)):
+      with pytest.raises(ValueError, match=match):
+        f()
+
+  @pytest.mark.parametrize("bad", BAD_VALUES)
+  def test_bad_marginal_entry_under_jit_is_nan_not_floored(self, bad):
+    p = _with_bad_entry(bad)
+    assert np.isnan(jax.jit(pl.debias)(Z, p, 0.4)).all()
+    new = jax.jit(pl.update_marginal)(p, np.full((2, 3), 1 / 3, np.float32), 0.9)
+    assert np.isfinite(new[:2]).all() and np.isnan(new[2]), new
+    for tau in (0.4, 0.0):
+      out = jax.jit(pl.unlabeled_loss)(Z, Z, p, tau, 0.5, 0.9)
+      assert np.isnan(out.loss) and np.isnan(out.marginal[2]), (tau, out)
+    grad = jax.jit(jax.grad(
+        lambda s, p: pl.unlabeled_loss(Z, s, p, 0.4, 0.5, 0.9).loss))(Z, p)
+    assert np.isnan(grad).all(), grad  # the gradient is poisoned too, not zero
+
+  def test_nan_loss_although_every_example_is_masked(self):
+    # Bad values make q NaN, so the mask is 0 everywhere; the loss is still NaN (a
+    # plain mean(mask * loss) would read 0 under XLA).
+    out = jax.jit(pl.unlabeled_loss)(Z, Z, P, float("inf"), 0.5, 0.9)
+    np.testing.assert_array_equal(out.mask, [0.0, 0.0])
+    assert np.isnan(out.loss)
+    weak = Z.copy()
+    weak[0, 0] = np.nan  # non-finite weak logits: NaN marginal, NaN loss
+    out = jax.jit(pl.unlabeled_loss)(weak, Z, P, 0.4, 0.5, 0.9)
+    assert np.isnan(out.loss) and np.isnan(out.marginal).all()
+
+  def test_empty_batch(self):
+    z0 = np.zeros((0, 3), np.float32)
+    cases = [(pl.debias, (z0, P, 0.4), "logits"),
+             (pl.update_marginal, (P, z0, 0.9), "probs"),
+             (pl.unlabeled_loss, (z0, z0, P, 0.4), "weak_logits")]
+    for f, args, name in cases:
+      for g in (f, jax.jit(f)):  # B is a static shape: refused at trace time too
+        with pytest.raises(ValueError, match=f"{name} must hold at least one example"):
+          g(*args)
+
+  def test_valid_edges_still_accepted(self):
+    # tau = 0, zero marginal entries and a one-example batch are fine.
+    p = np.array([1.0, 0.0, 0.0], np.float32)
+    out = pl.unlabeled_loss(Z[:1], Z[:1], p, 0.0, 0.5, 0.9)
+    assert np.isfinite(out.loss) and np.isfinite(out.marginal).all()
+    jitted = jax.jit(pl.unlabeled_loss)(Z[:1], Z[:1], p, 0.0, 0.5, 0.9)
+    np.testing.assert_allclose(jitted.loss, out.loss, rtol=1e-6)
