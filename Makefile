@@ -2,9 +2,15 @@
 #   make train   [CONFIG=experiments/cifar10_4shot.py] [WORKDIR=runs/NAME] [ARGS="--config.x=y"]
 #   make test    (fast suite; `make test-slow` adds the slow marker)
 # On a GPU host the venv gets jax[cuda12] automatically; ACCEL=cpu|cuda12|cuda13|tpu overrides.
-PYTHON ?= python3
+# Data discovery, the XLA:CPU flag and TensorFlow's log level are set by the package itself
+# (dlpl_jax/host.py), the same for `make` and `python -m dlpl_jax.main`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+PYOK   := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))
+# The first of python3.12, python3.11, python3 that is 3.11 or 3.12 (PYTHON=... overrides).
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+            if command -v $$p >/dev/null 2>&1 && $$p -c '$(PYOK)' 2>/dev/null; then \
+              echo $$p; break; fi; done)
 # The JAX backend the venv gets, at the pinned jax/jaxlib version: cpu, cuda12 or cuda13
 # (jax[cudaNN]: CUDA and cuDNN from pip, an NVIDIA driver is all the host needs) or tpu
 # (jax[tpu]). Default: cuda12 where nvidia-smi sees a GPU, tpu on a Cloud TPU VM, else cpu.
@@ -17,38 +23,46 @@ $(error ACCEL must be cpu, cuda12, cuda13 or tpu, got '$(ACCEL)')
 endif
 STAMP  := $(VENV)/.installed-$(ACCEL)
 
-CONFIG  ?= experiments/cifar10_4shot.py
-WORKDIR ?= runs/$(basename $(notdir $(firstword $(subst :, ,$(CONFIG)))))$(if $(findstring :,$(CONFIG)),-$(lastword $(subst :, ,$(CONFIG))))
-ARGS    ?=
-# The offline CIFAR-10 beside the checkout, when present (see ../shared/DATA.md).
-ifneq ($(wildcard ../shared/tensorflow_datasets),)
-export TFDS_DATA_DIR ?= $(abspath ../shared/tensorflow_datasets)
-endif
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-# XLA:CPU only (ignored by GPU/TPU backends): convolutions through Eigen instead of
-# YNNPACK, whose kernel gradients are slow; halves the CPU train step with the pinned
-# jaxlib 0.10.2 (experiments/results/bench_cpu.md). An unknown flag aborts XLA, so it is
-# tied to the pinned version: override with XLA_FLAGS= when using another jaxlib. Set
-# for ACCEL=cpu only, so a GPU/TPU venv's XLA never sees it.
+# `make train` with no CONFIG: the paper's setting on a GPU/TPU; on a CPU-only host, its
+# one-minute smoke variant (the full config needs a GPU/TPU: the trainer says so and
+# refuses it on a CPU unless ARGS=--allow_cpu).
+CONFIG_GIVEN := $(origin CONFIG)
+ifeq ($(CONFIG_GIVEN),undefined)
 ifeq ($(ACCEL),cpu)
-export XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
+CONFIG   := experiments/cifar10_4shot.py:smoke
+CPU_NOTE := CPU-only host: running the one-minute smoke variant. The paper's config, \
+  experiments/cifar10_4shot.py, needs a GPU/TPU (about 3.4 h on one H100, months on a CPU).
+else
+CONFIG   := experiments/cifar10_4shot.py
 endif
+endif
+# No WORKDIR: the trainer names it runs/<config>[-<variant>][-<overrides>].
+WORKDIR ?=
+ARGS    ?=
 
 .PHONY: install train test test-slow bench analyze study clean
 
-# (Re)install when the venv is missing or pyproject.toml / the lock changed.
+# (Re)install when the venv is missing or pyproject.toml / the lock changed. A venv made
+# with an unsupported Python, or left by a failed install, is removed first.
 $(STAMP): pyproject.toml requirements.lock
+	@if [ -z "$(PYTHON)" ] || ! $(PYTHON) -c '$(PYOK)' 2>/dev/null; then \
+	  echo "error: dlpl_jax needs Python 3.11 or 3.12 (python3 here is $$(python3 -V 2>&1 | cut -d' ' -f2)); install one, or pass PYTHON=/path/to/python3.12" >&2; \
+	  exit 2; fi
+	@if [ -e $(VENV) ] && ! $(PY) -c '$(PYOK)' 2>/dev/null; then \
+	  echo "removing $(VENV): it was made with an unsupported Python"; rm -rf $(VENV); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[test]' \
-	  $(if $(filter-out cpu,$(ACCEL)),'jax[$(ACCEL)]')
+	  $(if $(filter-out cpu,$(ACCEL)),'jax[$(ACCEL)]') \
+	  || { rm -rf $(VENV); echo "error: the install failed; $(VENV) was removed, so the next attempt starts clean" >&2; exit 1; }
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m dlpl_jax.main --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
+	@$(if $(CPU_NOTE),echo "$(CPU_NOTE)")
+	$(PY) -m dlpl_jax.main --config=$(CONFIG) $(if $(WORKDIR),--workdir=$(WORKDIR)) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
@@ -57,9 +71,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m dlpl_jax.bench --config=$(CONFIG) $(ARGS)
+	$(PY) -m dlpl_jax.bench --config=$(if $(filter undefined,$(CONFIG_GIVEN)),experiments/cifar10_4shot.py,$(CONFIG)) $(ARGS)
 
 analyze: $(STAMP)
+	@test -n "$(WORKDIR)" || { echo "usage: make analyze WORKDIR=runs/NAME [ARGS=runs/OTHER]" >&2; exit 2; }
 	$(PY) -m dlpl_jax.analyze $(WORKDIR) $(ARGS)
 
 # The CPU study (experiments/study_cpu.py): 2 methods x 2 seeds, table + plots.

@@ -215,5 +215,10 @@ if __name__ == "__main__":
   _JSON = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
   flags.mark_flags_as_required(["config"])
   import sys  # pylint: disable=g-import-not-at-top
-  configs.check_overrides(sys.argv[1:])
+  from dlpl_jax import host  # pylint: disable=g-import-not-at-top
+  host.configure()  # the XLA:CPU flag, as for training (before the backend starts)
+  try:
+    configs.check_overrides(sys.argv[1:])
+  except configs.UsageError as e:
+    sys.exit(f"[dlpl_jax] error: {e}")
   app.run(main)

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dlpl_jax.errors import RunError
+
 _STATE = "state"
 _CHECKSUMS = "checksums"
 _LEGACY_STATE = "default"   # the single-item layout written before checksums existed
@@ -43,9 +45,8 @@ _SPACE_FACTOR = 1.2
 _SPACE_OVERHEAD = 1 << 20   # metadata files, OCDBT manifests
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunError):
   """A checkpoint cannot be written, read or used; the message is one line."""
-  exit_code = 1
 
 
 class NonFiniteStateError(CheckpointError):

@@ -8,13 +8,24 @@ exist fails at once, listing the valid ones.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import json
+import math
 import os
 
 import ml_collections
 
+from dlpl_jax.errors import UsageError
+
 METHODS = ("fixmatch", "debiaspl")
 UNLABELED_PROFILES = ("long_tailed", "reversed", "balanced")
+# Keys that do not change what is trained (where results are written, how often, which
+# test images are scored): a resumed run may change them freely.
+NON_TRAINING_KEYS = ("data_dir", "eval_every", "eval_batch_size", "eval_examples",
+                     "log_every", "checkpoint_every", "keep_checkpoints", "progress")
+# Classes, training images per class and test images of the datasets the configs name.
+KNOWN_DATASETS = {"cifar10": (10, 5000, 10000), "cifar100": (100, 500, 10000)}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -27,7 +38,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.labeled_seed = 0             # which labeled subset: same seed, same images anywhere
   c.in_memory = True             # load splits once, sample each batch on the device
   c.lt = ml_collections.ConfigDict()
-  c.lt.enabled = False           # CIFAR-10-LT protocol (METHOD.md)
+  c.lt.enabled = False           # CIFAR-10-LT protocol (docs/METHOD.md)
   c.lt.n1 = 1500                 # labeled images of the head class
   c.lt.m1 = 3000                 # unlabeled images of the head class
   c.lt.gamma = 100.0             # imbalance ratio
@@ -64,24 +75,102 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Refuses values that would train something other than what the user meant."""
+  """Refuses values that would train something other than what the user meant.
+
+  Checks signs, ranges and finiteness of every number, and the combinations that cannot
+  work (a labeled set larger than the dataset's classes hold, a class count that is not
+  the dataset's, streaming with a long-tailed protocol), before any data is read.
+
+  Raises:
+    UsageError: naming the key, the value and what is allowed.
+  """
   def need(ok, msg):
     if not ok:
-      raise ValueError(f"bad config: {msg}")
+      raise UsageError(f"bad config: {msg}")
+
+  def finite(k, lo=None, hi=None, lo_open=False, hi_open=False):
+    v = c[k] if "." not in k else c[k.split(".")[0]][k.split(".")[1]]
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and lo is not None:
+      ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None:
+      ok = v < hi if hi_open else v <= hi
+    lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo}, "
+    hi_s = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
+    rng = (f" in {lo_s}{hi_s}" if lo is not None and hi is not None else
+           f" {'>' if lo_open else '>='} {lo}" if lo is not None else "")
+    need(ok, f"{k} must be a finite number{rng}, got {v!r}")
+
   need(c.method in METHODS, f"method must be one of {METHODS}, got {c.method!r}")
-  need(c.tau >= 0, f"tau must be >= 0, got {c.tau}")
-  need(0 <= c.marginal_momentum <= 1, f"marginal_momentum must be in [0, 1], got {c.marginal_momentum}")
-  need(0 <= c.threshold <= 1, f"threshold must be in [0, 1], got {c.threshold}")
-  need(0 <= c.ema_decay <= 1, f"ema_decay must be in [0, 1], got {c.ema_decay}")
+  finite("tau", 0)
+  finite("marginal_momentum", 0, 1)
+  finite("threshold", 0, 1)
+  finite("lambda_u", 0)
+  finite("lr", 0, lo_open=True)
+  finite("momentum", 0, 1, hi_open=True)
+  finite("weight_decay", 0)
+  finite("cosine_factor", 0, 0.5)  # above 1/2 the cosine turns the lr negative
+  finite("ema_decay", 0, 1)
   need(c.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16, got {c.dtype!r}")
+  need(c.model in ("wrn28_2", "wrn28_8", "cnn_small"),
+       f"model must be wrn28_2, wrn28_8 or cnn_small, got {c.model!r}")
   need(c.batch_size > 0 and c.mu > 0, f"batch_size and mu must be > 0, got {c.batch_size}, {c.mu}")
   need(c.total_steps > 0, f"total_steps must be > 0, got {c.total_steps}")
+  need(c.num_classes >= 2, f"num_classes must be >= 2, got {c.num_classes}")
   for k in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
     need(c[k] > 0, f"{k} must be > 0, got {c[k]}")
+  need(c.eval_examples >= 0, f"eval_examples must be >= 0 (0 = the whole test split), "
+                             f"got {c.eval_examples}")
   need(c.lt.unlabeled_profile in UNLABELED_PROFILES,
        f"lt.unlabeled_profile must be one of {UNLABELED_PROFILES}, got {c.lt.unlabeled_profile!r}")
-  need(c.lt.gamma >= 1, f"lt.gamma must be >= 1, got {c.lt.gamma}")
+  finite("lt.gamma", 1)
   need(c.labels_per_class > 0 or c.lt.enabled, "labels_per_class must be > 0")
+  if c.lt.enabled:
+    need(c.lt.n1 > 0 and c.lt.m1 >= 0, f"lt.n1 must be > 0 and lt.m1 >= 0, got {c.lt.n1}, "
+                                        f"{c.lt.m1}")
+    need(c.in_memory, "in_memory=False streams the whole training split as the unlabeled "
+                      "set; the long-tailed protocols need in_memory=True")
+  known = KNOWN_DATASETS.get(c.dataset)
+  if known is not None:
+    n_cls, per_class, n_test = known
+    need(c.num_classes == n_cls, f"{c.dataset} has {n_cls} classes, config.num_classes = "
+                                 f"{c.num_classes}")
+    if c.lt.enabled:
+      need(c.lt.n1 + c.lt.m1 <= per_class,
+           f"lt.n1 + lt.m1 = {c.lt.n1 + c.lt.m1} exceeds the {per_class} training images of "
+           f"a {c.dataset} class")
+    else:
+      need(c.labels_per_class <= per_class,
+           f"labels_per_class = {c.labels_per_class} exceeds the {per_class} training images "
+           f"of a {c.dataset} class")
+    need(c.eval_examples <= n_test, f"eval_examples = {c.eval_examples} exceeds the {n_test} "
+                                    f"test images of {c.dataset}")
+
+
+def training_diff(stored: dict, current: dict) -> list[tuple[str, object, object]]:
+  """Keys whose value changes what is trained, as ``(key, stored, current)``.
+
+  Args:
+    stored, current: config dicts (``ConfigDict.to_dict()`` or a parsed config.json);
+      nested dicts are compared by dotted key. :data:`NON_TRAINING_KEYS` are ignored.
+
+  Examples:
+    >>> training_diff({"lr": 0.03, "log_every": 1}, {"lr": 0.1, "log_every": 5})
+    [('lr', 0.03, 0.1)]
+  """
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+  a, b = flat(stored), flat(current)
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if k not in NON_TRAINING_KEYS and a.get(k) != b.get(k)]
+
+
+def to_dict(c: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON-able data (what ``config.json`` holds)."""
+  return json.loads(c.to_json_best_effort())
 
 
 def effective_tau(c: ml_collections.ConfigDict) -> float:
@@ -99,22 +188,41 @@ def valid_keys(config, prefix: str = "") -> list[str]:
 
 def load_config_file(spec: str):
   """Loads an experiment config ``path[:variant]`` the way config_flags does (for scripts
-  and the key check below): the file's ``get_config(variant)``, locked."""
+  and the command-line check below): the file's ``get_config(variant)``, locked.
+
+  Raises:
+    UsageError: the file does not exist, has no ``get_config``, or refuses the variant.
+  """
   path, _, variant = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UsageError(f"config file {path!r} does not exist (from --config={spec}); the "
+                     f"configs are experiments/*.py")
   module_spec = importlib.util.spec_from_file_location("_dlpl_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+  if not hasattr(module, "get_config"):
+    raise UsageError(f"config file {path!r} defines no get_config()")
+  try:
+    return module.get_config(variant) if variant else module.get_config()
+  except (ValueError, KeyError) as e:
+    raise UsageError(f"config {spec!r}: {e}") from e
 
 
 def check_overrides(argv) -> None:
-  """Fails at start on an unknown --config.KEY override, listing the valid keys."""
+  """Checks ``--config=FILE[:VARIANT]`` and every ``--config.KEY`` before flags are parsed.
+
+  Raises:
+    UsageError: one line naming a missing config file, a refused variant, or an unknown
+      key with the nearest valid ones ("did you mean").
+  """
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  if spec is None or not keys or not os.path.exists(spec.partition(":")[0]):
+  if spec is None:
     return
-  valid = set(valid_keys(load_config_file(spec)))
-  unknown = [k for k in keys if k not in valid]
-  if unknown:
-    raise SystemExit(f"error: unknown config key(s) {unknown}. Valid keys:\n  "
-                     + "\n  ".join(sorted(valid)))
+  valid = valid_keys(load_config_file(spec))
+  for key in keys:
+    if key not in valid:
+      near = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+      hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "."
+      raise UsageError(f"unknown config key {key!r}{hint} Valid keys: "
+                       + ", ".join(sorted(valid)))

@@ -1,15 +1,21 @@
-"""Command line: ``python -m dlpl_jax.main --config=experiments/X.py[:variant] --workdir=DIR``.
+"""Command line: ``python -m dlpl_jax.main --config=experiments/X.py[:variant] [--workdir=DIR]``.
 
-Intentionally short: flags, optional multi-host initialisation, one call into
-:func:`dlpl_jax.trainer.train_and_evaluate`. Override any config key with
-``--config.key=value`` (e.g. ``--config.method=fixmatch``); an unknown key fails at once
-with the list of valid keys. Re-running the same command resumes from the latest
-checkpoint in ``WORKDIR/checkpoints``.
+Intentionally short: signal handling and host set-up first (so Ctrl-C and a missing
+data folder behave the same from the first second), flags, optional multi-host
+initialisation, one call into :func:`dlpl_jax.trainer.train_and_evaluate`. Override any
+config key with ``--config.key=value``; an unknown key fails at once, naming the nearest
+valid ones. Re-running the same command resumes from the latest checkpoint.
+
+Exit status: 0 when the run finished or was stopped by SIGINT/SIGTERM with a checkpoint
+saved; 2 when it cannot start as asked (:class:`dlpl_jax.errors.UsageError`: config,
+flags, data, workdir); 1 when training failed (non-finite values, a checkpoint that
+cannot be written); 130 / 143 when a second SIGINT / SIGTERM aborted it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app
@@ -18,14 +24,53 @@ from absl import logging
 from ml_collections import config_flags
 
 from dlpl_jax import configs
+from dlpl_jax import host
+from dlpl_jax import interrupt
+from dlpl_jax.errors import RunError, UsageError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder (checkpoints, metrics). Default: runs/NAME, NAME made of "
+    "the config file, its variant and the --config.* overrides, so that different "
+    "commands never share a folder.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", None,
     "Call jax.distributed.initialize() (multi-host GPU clusters, TPU pods). Default: "
     "when JAX_COORDINATOR_ADDRESS is set or on a multi-host TPU slice.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a stored run although the config now differs in "
+    "keys that change training (recorded in WORKDIR/config_changes.jsonl).")
+_RESTORE_STEP = flags.DEFINE_integer(
+    "restore_step", None, "Resume from this checkpoint step instead of the latest; newer "
+    "checkpoints are moved to WORKDIR/checkpoints/set_aside/.")
+_ALLOW_CPU = flags.DEFINE_bool(
+    "allow_cpu", False, "Start a run that would take more than 12 hours on a CPU-only host.")
+
+_STOP = interrupt.StopSignal()
+
+
+def default_workdir(argv: list[str]) -> str:
+  """``runs/<config file>[-<variant>][-<overrides>]`` from the command line.
+
+  Examples:
+    >>> default_workdir(["--config=experiments/cifar10_4shot.py:smoke",
+    ...                  "--config.method=fixmatch", "--config.seed=1"])
+    'runs/cifar10_4shot-smoke-method=fixmatch,seed=1'
+  """
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "run")
+  path, _, variant = spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  overrides = sorted(a[len("--config."):] for a in argv if a.startswith("--config."))
+  for part in (variant, ",".join(overrides)):
+    if part:
+      name += "-" + re.sub(r"[^A-Za-z0-9._=,+-]", "_", part)
+  return os.path.join("runs", name[:200])
+
+
+def _fail(e: Exception, code: int) -> None:
+  print(f"[dlpl_jax] error: {e}", file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def main(argv):
@@ -39,23 +84,37 @@ def main(argv):
   if multihost:
     jax.distributed.initialize()
   from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(sys.argv[1:])
   try:
-    summary = trainer.train_and_evaluate(config, _WORKDIR.value)
-  except trainer.NonFiniteLossError as e:
-    print(f"[dlpl_jax] error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"[dlpl_jax] error: {e}", file=sys.stderr)
-    sys.exit(2)
-  if summary.get("interrupted"):
-    sys.exit(0)
+    trainer.train_and_evaluate(
+        _CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+        restore_step=_RESTORE_STEP.value, allow_cpu=_ALLOW_CPU.value, stop=_STOP)
+  except (UsageError, FileNotFoundError) as e:  # includes bad data (DataError)
+    _fail(e, UsageError.exit_code)
+  except RunError as e:  # includes NonFiniteLossError
+    _fail(e, RunError.exit_code)
+  except OSError as e:  # a filesystem failure during the run: one line, not a traceback
+    _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+          RunError.exit_code)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with errors as one line and exit status 2 (a usage error)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0], UsageError.exit_code)
 
 
 def run():
-  flags.mark_flags_as_required(["config", "workdir"])
-  configs.check_overrides(sys.argv[1:])
-  app.run(main)
+  _STOP.__enter__()  # first: a signal during start-up is acknowledged and handled
+  host.configure()   # before JAX starts: the data folder beside the checkout, CPU flag
+  flags.mark_flags_as_required(["config"])
+  try:
+    configs.check_overrides(sys.argv[1:])
+  except UsageError as e:
+    _fail(e, UsageError.exit_code)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

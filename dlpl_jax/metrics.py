@@ -9,11 +9,23 @@ The writer imports TensorFlow lazily and falls back to JSON lines alone without 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+
+
+def class_names(dataset: str, num_classes: int) -> list[str]:
+  """The dataset's class names (CIFAR-10), else ``["0", "1", ...]``."""
+  if dataset == "cifar10" and num_classes == 10:
+    return list(CIFAR10_CLASSES)
+  return [str(i) for i in range(num_classes)]
 
 
 def pseudo_label_stats(confusion: np.ndarray, prefix: str = "pseudo") -> dict[str, Any]:
@@ -26,14 +38,17 @@ def pseudo_label_stats(confusion: np.ndarray, prefix: str = "pseudo") -> dict[st
   Returns:
     ``{prefix}/counts`` (``[C]`` list of pseudo-label counts), ``{prefix}/imbalance``
     (max count / min count, with the min floored at 1 so an absent class gives a finite,
-    large ratio), ``{prefix}/kl_uniform`` (KL(predicted distribution || uniform), nats;
-    0 for perfectly balanced pseudo-labels) and ``{prefix}/acc`` (trace / total; NaN when
-    there are no pseudo-labels).
+    large ratio; None when there are no pseudo-labels), ``{prefix}/kl_uniform``
+    (KL(predicted distribution || uniform), nats; 0 for perfectly balanced pseudo-labels;
+    None when there are none) and ``{prefix}/acc`` (trace / total; None when there are
+    no pseudo-labels). None is written as JSON ``null``: undefined, never a number.
 
   Examples:
     >>> s = pseudo_label_stats(np.array([[3, 1], [0, 0]]))
     >>> s["pseudo/counts"], s["pseudo/imbalance"], round(s["pseudo/acc"], 2)
     ([3, 1], 3.0, 0.75)
+    >>> pseudo_label_stats(np.zeros((2, 2)), "pseudo_masked")["pseudo_masked/acc"] is None
+    True
   """
   confusion = np.asarray(confusion, np.float64)
   if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
@@ -41,16 +56,16 @@ def pseudo_label_stats(confusion: np.ndarray, prefix: str = "pseudo") -> dict[st
   counts = confusion.sum(axis=0)
   total = counts.sum()
   c = len(counts)
+  kl = acc = imbalance = None
   if total > 0:
     p = counts / total
     nz = p > 0
     kl = float(np.sum(p[nz] * np.log(p[nz] * c)))
     acc = float(np.trace(confusion) / total)
-  else:
-    kl, acc = 0.0, float("nan")
+    imbalance = float(counts.max() / max(counts.min(), 1.0))
   return {
       f"{prefix}/counts": [int(round(x)) for x in counts],
-      f"{prefix}/imbalance": float(counts.max() / max(counts.min(), 1.0)),
+      f"{prefix}/imbalance": imbalance,
       f"{prefix}/kl_uniform": kl,
       f"{prefix}/acc": acc,
   }
@@ -67,54 +82,110 @@ def per_class_precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _to_json(v):
+  """Plain JSON values; NaN and infinities become None (JSON null), never a bare NaN."""
   if isinstance(v, (np.ndarray, np.generic)):
-    return v.tolist()
+    v = v.tolist()
+  if isinstance(v, float):
+    return v if math.isfinite(v) else None
+  if isinstance(v, (list, tuple)):
+    return [_to_json(x) for x in v]
   return v
 
 
-class MetricWriter:
-  """Writes metric dicts to ``WORKDIR/metrics.jsonl`` and TensorBoard event files.
+def confusion_markdown(confusion, class_names: Sequence[str]) -> str:
+  """A confusion matrix as a markdown table (rows = true class, with row totals).
 
-  Scalars go to TensorBoard; lists (per-class values) go to TensorBoard as one scalar
-  per class when there are at most 10 classes, and always to the JSON lines. Only
-  process 0 writes in a multi-host run.
+  Examples:
+    >>> print(confusion_markdown([[3, 1], [0, 2]], ["cat", "dog"]))
+    | true \\ pseudo-label | cat | dog | total |
+    |---|---:|---:|---:|
+    | cat | 3 | 1 | 4 |
+    | dog | 0 | 2 | 2 |
+  """
+  m = np.asarray(confusion, np.int64)
+  lines = ["| true \\ pseudo-label | " + " | ".join(class_names) + " | total |",
+           "|---|" + "---:|" * (len(class_names) + 1)]
+  for name, row in zip(class_names, m):
+    lines.append(f"| {name} | " + " | ".join(str(x) for x in row) + f" | {row.sum()} |")
+  return "\n".join(lines)
+
+
+class MetricWriter:
+  """Writes metric records to ``WORKDIR/metrics.jsonl`` and TensorBoard event files.
+
+  One record per (step, kind). JSON lines are strict JSON (undefined values are null).
+  TensorBoard gets every numeric scalar under its name, per-class lists (up to 10
+  classes) as one chart per class named ``{name}/{class name}`` (``class_names``; indices when None), and the
+  ``*/confusion`` matrices as markdown tables in the Text tab. TensorBoard holds no state
+  of its own: :meth:`rebuild` rewrites it from the JSON lines (after a resume rolled
+  them back). Only process 0 writes in a multi-host run.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True,
+               class_names: Sequence[str] | None = None):
     self.enabled = enabled
+    self.class_names = list(class_names) if class_names is not None else None
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    self._tb_dir = os.path.join(workdir, "tensorboard")
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
       try:
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         from tensorboard.summary import v2 as _  # noqa: F401  (tf.summary needs it)
         self._tf = tf
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self._tb = tf.summary.create_file_writer(self._tb_dir)
       except ImportError:
         print("[dlpl_jax] TensorFlow/TensorBoard not installed: events are skipped, "
               "metrics go to metrics.jsonl only", file=sys.stderr)
+
+  def rebuild(self, records: Sequence[Mapping[str, Any]]) -> None:
+    """Replaces the TensorBoard events with ``records`` (the rolled-back JSON lines)."""
+    if not self.enabled or self._tb is None:
+      return
+    self._tb.close()
+    for name in os.listdir(self._tb_dir) if os.path.isdir(self._tb_dir) else []:
+      if name.startswith("events.out.tfevents"):
+        os.remove(os.path.join(self._tb_dir, name))
+    self._tb = self._tf.summary.create_file_writer(self._tb_dir)
+    for r in records:
+      self._write_tb(r["step"], {k: v for k, v in r.items() if k not in ("step", "kind")})
+    self._tb.flush()
 
   def write(self, step: int, kind: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), "kind": kind}
     record.update({k: _to_json(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     self._jsonl.flush()
-    if self._tb is None:
-      return
+    if self._tb is not None:
+      self._write_tb(step, metrics)
+      self._tb.flush()
+
+  def _write_tb(self, step: int, metrics: Mapping[str, Any]) -> None:
+    tf = self._tf
     with self._tb.as_default(step=int(step)):
       for k, v in metrics.items():
+        if v is None:
+          continue
         arr = np.asarray(v)
-        if arr.ndim == 0 and np.issubdtype(arr.dtype, np.number):
-          self._tf.summary.scalar(k, float(arr))
-        elif arr.ndim == 1 and arr.size <= 10 and np.issubdtype(arr.dtype, np.number):
-          for i, x in enumerate(arr):
-            self._tf.summary.scalar(f"{k}/{i}", float(x))
-    self._tb.flush()
+        if not np.issubdtype(arr.dtype, np.number):
+          continue
+        if arr.ndim == 0:
+          if np.isfinite(arr):
+            tf.summary.scalar(k, float(arr))
+        elif arr.ndim == 1 and arr.size <= 10:
+          names = (self.class_names if self.class_names and len(self.class_names) == arr.size
+                   else [str(i) for i in range(arr.size)])
+          for name, x in zip(names, arr):
+            if np.isfinite(x):
+              tf.summary.scalar(f"{k}/{name}", float(x))
+        elif arr.ndim == 2 and k.endswith("/confusion"):
+          names = (self.class_names if self.class_names and len(self.class_names) == len(arr)
+                   else [str(i) for i in range(len(arr))])
+          tf.summary.text(k, confusion_markdown(arr, names))
 
   def close(self) -> None:
     if not self.enabled:
@@ -134,3 +205,25 @@ def read_jsonl(path: str) -> list[dict]:
       except json.JSONDecodeError:
         pass
   return out
+
+
+def rollback_jsonl(path: str, step: int) -> list[dict]:
+  """Keeps the records of ``path`` up to ``step`` (a resumed run redoes the rest).
+
+  Rewrites the file atomically without the records after ``step``, without a torn or
+  unparseable line, and without repeats of a (step, kind). Returns the kept records.
+  """
+  if not os.path.exists(path):
+    return []
+  kept, seen = [], set()
+  for r in read_jsonl(path):
+    key = (r.get("step"), r.get("kind"))
+    if isinstance(r.get("step"), int) and r["step"] <= step and key not in seen:
+      seen.add(key)
+      kept.append(r)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in kept:
+      f.write(json.dumps({k: _to_json(v) for k, v in r.items()}, allow_nan=False) + "\n")
+  os.replace(tmp, path)
+  return kept

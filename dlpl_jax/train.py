@@ -183,16 +183,16 @@ def fixmatch_update(state: TrainState, key: jax.Array, x_l, y_l, x_u, y_u, *,
       batch_stats=batch_stats, ema_params=ema, marginal=u.marginal,
       confusion=state.confusion + confusion,
       confusion_masked=state.confusion_masked + confusion_masked)
-  correct = (u.labels == y_u).astype(jnp.float32)
-  mask_sum = jnp.sum(u.mask)
+  # Pseudo-label accuracy and class counts come from the confusion counters (one
+  # definition, in dlpl_jax.metrics); the norm of the UPDATED params catches a step that
+  # turned them non-finite while its loss (computed before the update) was finite.
   metrics = {
       "train/loss": loss_x + cfg.lambda_u * u.loss,
       "train/loss_x": loss_x,
       "train/loss_u": u.loss,
       "train/mask_rate": jnp.mean(u.mask),
       "train/grad_norm": optax.global_norm(grads),
-      "pseudo/acc_all": jnp.mean(correct),
-      "pseudo/acc_masked": jnp.sum(correct * u.mask) / jnp.maximum(mask_sum, 1.0),
+      "train/param_norm": optax.global_norm(new_state.params),
   }
   return new_state, metrics
 

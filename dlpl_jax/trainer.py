@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -23,12 +21,15 @@ from dlpl_jax import checkpoint as checkpoint_lib
 from dlpl_jax import configs
 from dlpl_jax import data as data_lib
 from dlpl_jax import input_pipeline
+from dlpl_jax import interrupt
 from dlpl_jax import metrics as metrics_lib
 from dlpl_jax import train
+from dlpl_jax import workdir as workdir_lib
+from dlpl_jax.errors import RunError, UsageError
 
 
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN/inf; the run stopped without saving the bad state."""
+class NonFiniteLossError(RunError):
+  """The loss or the params became NaN/inf; the run stopped without saving the bad state."""
 
 
 def _log(msg: str) -> None:
@@ -36,25 +37,38 @@ def _log(msg: str) -> None:
     print(f"[dlpl_jax] {msg}", file=sys.stderr, flush=True)
 
 
-class _StopSignal:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+# Measured speeds behind the CPU guard (docs/performance.md): the WRN-28-2 train step of
+# 960 images (batch 64, mu 7) takes 11.9 s on a 2-vCPU CPU and runs 86-89 steps/s on one
+# H100 in bfloat16. WRN-28-8 has about 16x the convolution work of WRN-28-2.
+_CPU_S_PER_IMAGE = {"wrn28_2": 11.9 / 960, "wrn28_8": 16 * 11.9 / 960}
+_H100_S_PER_IMAGE = {"wrn28_2": 1 / (87 * 960), "wrn28_8": 16 / (87 * 960)}
+CPU_LIMIT_HOURS = 12.0
 
-  def __init__(self):
-    self.received = None
-    self._previous = {}
 
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
+def runtime_estimate(config) -> tuple[float, float] | None:
+  """``(cpu_hours, h100_hours)`` for the config's model and steps, or None (small model)."""
+  if config.model not in _CPU_S_PER_IMAGE:
+    return None
+  images = config.total_steps * config.batch_size * (1 + 2 * config.mu)
+  return (images * _CPU_S_PER_IMAGE[config.model] / 3600,
+          images * _H100_S_PER_IMAGE[config.model] / 3600)
 
-  def _handle(self, signum, _frame):
-    self.received = signal.Signals(signum).name
 
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+def check_cpu_budget(config, backend: str, allow_cpu: bool) -> None:
+  """Refuses to start, on a CPU, a run that needs a GPU/TPU (unless ``allow_cpu``)."""
+  est = runtime_estimate(config)
+  if backend != "cpu" or est is None or est[0] <= CPU_LIMIT_HOURS:
+    return
+  cpu_h, gpu_h = est
+  msg = (f"this config trains {config.model} for {config.total_steps:,} steps: about "
+         f"{gpu_h:.1f} h on one H100 in bfloat16, but about {cpu_h / 24:,.0f} days on this "
+         "CPU-only host (scaled from WRN-28-2's 960-image step, 11.9 s on 2 vCPUs). It "
+         "needs a GPU/TPU. Here, try "
+         "the one-minute smoke run (make train CONFIG=experiments/cifar10_4shot.py:smoke) "
+         "or the CPU study (make study)")
+  if not allow_cpu:
+    raise UsageError(msg + "; --allow_cpu starts it anyway")
+  _log("note: " + msg)
 
 
 def _progress(total: int, initial: int):
@@ -68,11 +82,6 @@ def _progress(total: int, initial: int):
                          "{rate_fmt}]{postfix}" if tty else None)
 
 
-def _previous_evals(workdir: str) -> dict[int, dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return {}
-  return {r["step"]: r for r in metrics_lib.read_jsonl(path) if r.get("kind") == "eval"}
 
 
 def _check_divisible(config, n_devices: int) -> None:
@@ -80,60 +89,163 @@ def _check_divisible(config, n_devices: int) -> None:
                       ("batch_size * mu", config.batch_size * config.mu),
                       ("eval_batch_size", config.eval_batch_size)):
     if value % n_devices:
-      raise ValueError(f"{name} = {value} must be divisible by the {n_devices} devices")
+      raise UsageError(f"bad config: {name} = {value} must be divisible by the {n_devices} "
+                       "devices")
+
+
+def _image_shape(config, data) -> tuple[int, ...]:
+  if data is not None:
+    return tuple(data.x_l.shape[1:])
+  if config.dataset in configs.KNOWN_DATASETS:
+    return (32, 32, 3)
+  return None
+
+
+def _nonfinite_advice(ckpt) -> str:
+  steps = ckpt.all_steps()
+  if not steps:
+    return ("No checkpoint was written yet, so a re-run starts from scratch: change what "
+            "diverged (for example a smaller --config.lr) or use another --workdir")
+  return (f"Resume from an earlier checkpoint with --restore_step=K (kept: {steps}), or change "
+          "what diverged (for example a smaller --config.lr, with --allow_config_change)")
+
+
+def _stopped_in_startup(stop, step, workdir, writer, ckpt) -> dict:
+  writer.close()
+  ckpt.close()
+  _log(f"{stop.received} received during start-up: nothing was trained; the run in "
+       f"{workdir} is at step {step}. Re-run the same command to start it")
+  return {"step": step, "interrupted": True}
+
+
+def _pseudo_summary(record: dict) -> str:
+  acc = record.get("pseudo/acc")
+  imb = record.get("pseudo/imbalance")
+  return (f"pseudo-label acc {'-' if acc is None else f'{acc:.3f}'}, imbalance "
+          f"{'-' if imb is None else f'{imb:.1f}'}")
 
 
 def train_and_evaluate(config, workdir: str,
                        data: input_pipeline.SSLData | None = None,
-                       stop_at: int | None = None) -> dict:
+                       stop_at: int | None = None, *,
+                       allow_config_change: bool = False,
+                       restore_step: int | None = None,
+                       allow_cpu: bool = True,
+                       stop: interrupt.StopSignal | None = None) -> dict:
   """Trains (or resumes) a FixMatch/DebiasPL run in ``workdir`` and evaluates it.
 
   Args:
     config: a ConfigDict extending :func:`dlpl_jax.configs.get_base_config`.
     workdir: run folder: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
-      ``config.json``, ``class_features.npz``, ``summary.json``.
+      ``config.json``, ``class_features.npz``, ``features/``, ``summary.json``.
     data: optional in-memory splits; default reads the config's TFDS dataset.
     stop_at: stop after this step with a checkpoint, as if interrupted (for a job with
       a time budget, and for the resume test); the schedule still spans total_steps.
+    allow_config_change: resume a stored run although its config differs in keys that
+      change training (recorded in ``config_changes.jsonl``); without it that is an error.
+    restore_step: resume from this checkpoint step instead of the latest; newer
+      checkpoints are moved to ``checkpoints/set_aside/`` (nothing is deleted).
+    allow_cpu: start a run that needs days on a CPU-only host (the command line's
+      default is False; see :func:`check_cpu_budget`).
+    stop: the SIGINT/SIGTERM handler, when the caller installed it earlier (the command
+      line does, so a signal during start-up is handled too); default: installed here.
 
   Returns:
     The summary dict (also written to ``summary.json``); ``interrupted`` is True when a
     signal stopped the run early (a checkpoint was saved; re-run to resume).
 
   Raises:
-    NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+    UsageError: the config, data or workdir cannot be used as given (nothing trained).
+    NonFiniteLossError: the loss or params became NaN/inf (the last good checkpoint,
+      finite by construction, is kept).
+    RunError: a checkpoint could not be written.
   """
   configs.validate(config)
   t_start = time.time()
-  os.makedirs(workdir, exist_ok=True)
+  own_stop = stop is None
+  stop = stop or interrupt.StopSignal()
+  if own_stop:
+    stop.__enter__()
+  lock = None
+  try:
+    workdir = workdir_lib.prepare(workdir)
+    if jax.process_index() == 0:
+      lock = workdir_lib.Lock(workdir, log=_log).acquire()
+    return _train(config, workdir, data, stop_at, allow_config_change, restore_step,
+                  allow_cpu, stop, t_start)
+  finally:
+    if lock is not None:
+      lock.release()
+    if own_stop:
+      stop.__exit__(None, None, None)
+
+
+def _train(config, workdir, data, stop_at, allow_config_change, restore_step, allow_cpu,
+           stop, t_start) -> dict:
   mesh = train.make_mesh()
   _check_divisible(config, mesh.size)
+  check_cpu_budget(config, jax.default_backend(), allow_cpu)
   _log(f"devices: {mesh.size} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
        f"{jax.process_count()} process(es)")
-  if not config.in_memory and config.lt.enabled:
-    raise ValueError("in_memory=False streams the whole training split as the unlabeled "
-                     "set; the long-tailed protocols need in_memory=True")
+  image_shape = _image_shape(config, data)
+  if image_shape is None:  # an unknown dataset: read it first to learn the image shape
+    data = input_pipeline.load(config)
+    image_shape = tuple(data.x_l.shape[1:])
+
+  # The state, restored before the data is read: a damaged or mismatched checkpoint and a
+  # changed config are reported in seconds.
+  model = train.build_model(config)
+  cfg = train.StepConfig.from_config(config)
+  state = train.create_train_state(config, model, image_shape)
+  state = train.replicate(jax.device_get(state), mesh)
+  try:
+    checkpoint_lib.check_writable(workdir, state)
+    ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint_every,
+                                       config.keep_checkpoints, log=_log)
+    if restore_step is not None:
+      state = ckpt.restore(state, restore_step)
+      restored = restore_step
+      moved = ckpt.set_aside_after(restore_step)
+      if moved:
+        _log(f"resuming from step {restore_step}: newer checkpoints {moved} moved to "
+             f"{ckpt.set_aside_directory}")
+    else:
+      state, restored = ckpt.restore_latest(state)
+      if restored is not None:  # damaged newer steps (reported) must not shadow new saves
+        moved = ckpt.set_aside_after(restored)
+        if moved:
+          _log(f"damaged checkpoints {moved} moved to {ckpt.set_aside_directory}")
+  except checkpoint_lib.CheckpointError as e:
+    raise UsageError(str(e)) from e
+  if restored is not None:
+    _log(f"resumed from {ckpt.directory} at step {restored}")
+    workdir_lib.check_config(workdir, config, restored, allow_config_change, log=_log)
+  step = int(jax.device_get(state.step))
+  marker = workdir_lib.NonFiniteMarker(workdir)
+  repeat = marker.repeats(restored, config)
+  if repeat:
+    _log(f"warning: the last run from this {'checkpoint' if restored else 'start'} with this "
+         f"config stopped on non-finite values at step {repeat['step']} and will again. "
+         f"{_nonfinite_advice(ckpt)}")
+  records = []
+  if jax.process_index() == 0:
+    workdir_lib.write_config(workdir, config)
+    # metrics.jsonl and TensorBoard hold each (step, kind) once, as an uninterrupted run:
+    # records after the restored step are dropped (they will be written again).
+    records = metrics_lib.rollback_jsonl(os.path.join(workdir, "metrics.jsonl"), step)
+  writer = metrics_lib.MetricWriter(
+      workdir, enabled=jax.process_index() == 0,
+      class_names=metrics_lib.class_names(config.dataset, config.num_classes))
+  writer.rebuild(records)
+  evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
+
+  if stop.received:
+    return _stopped_in_startup(stop, step, workdir, writer, ckpt)
   if data is None:
     data = input_pipeline.load(config)
   _log(f"data: {data.describe(config.num_classes)}")
-  if jax.default_backend() == "cpu" and config.model.startswith("wrn") and (
-      config.total_steps > 10_000):
-    _log(f"note: {config.total_steps} steps of {config.model} on a CPU take weeks (seconds "
-         "per step); this config is meant for a GPU/TPU. For a CPU run use a ':smoke' "
-         "variant or experiments/study_cpu.py")
-
-  model = train.build_model(config)
-  cfg = train.StepConfig.from_config(config)
-  state = train.create_train_state(config, model, data.x_l.shape[1:])
-  state = train.replicate(jax.device_get(state), mesh)
-  ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-  state, restored = ckpt.restore_latest(state)
-  if restored is not None:
-    _log(f"resumed from {ckpt.directory} at step {restored}")
-  step = int(jax.device_get(state.step))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  if stop.received:
+    return _stopped_in_startup(stop, step, workdir, writer, ckpt)
 
   if config.in_memory:
     device_data = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
@@ -156,23 +268,20 @@ def train_and_evaluate(config, workdir: str,
   x_test, y_test = train.pad_test_set(data.x_test, data.y_test, config.eval_batch_size)
   x_test, y_test = train.replicate((x_test, y_test), mesh)
   lr_fn = train.learning_rate_schedule(config)
-  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  evals = _previous_evals(workdir)
   pending: list[tuple[int, dict]] = []
   zeros_cc = lambda: train.replicate(np.zeros((config.num_classes,) * 2, np.float32), mesh)
   t_window, n_window = time.time(), 0
 
   def flush() -> dict:
-    """Fetches the steps' metrics since the last flush; stops on a non-finite loss."""
+    """Fetches the steps' metrics since the last flush; stops on a non-finite value."""
     nonlocal pending, t_window, n_window
     if not pending:
       return {}
     fetched = jax.device_get([m for _, m in pending])
     for (s, _), m in zip(pending, fetched):
-      if not math.isfinite(float(m["train/loss"])):
-        raise NonFiniteLossError(
-            f"non-finite loss ({m['train/loss']}) at step {s}; stopped without saving. "
-            f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+      bad = [k for k in ("train/loss", "train/param_norm") if not math.isfinite(float(m[k]))]
+      if bad:
+        nonfinite(s, f"non-finite {' and '.join(bad)} ({', '.join(str(m[k]) for k in bad)})")
     out = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     now = time.time()
     out["train/steps_per_sec"] = n_window / max(now - t_window, 1e-9)
@@ -180,85 +289,110 @@ def train_and_evaluate(config, workdir: str,
     pending = []
     return out
 
-  bar = _progress(config.total_steps, step) if config.progress else None
-  compiled_at = None
-  with _StopSignal() as stop:
+  def nonfinite(at_step: int, what: str):
+    if jax.process_index() == 0:
+      marker.write(at_step, restored, config)
+    latest = ckpt.latest_step()
+    raise NonFiniteLossError(
+        f"{what} at step {at_step}; stopped without saving. Last good checkpoint: "
+        + (f"step {latest} in {ckpt.directory}" if latest is not None else "none")
+        + f". {_nonfinite_advice(ckpt)}")
+
+  def log_train(at_step: int, scalars: dict) -> dict:
+    host = jax.device_get({"marginal": state.marginal, "c": state.confusion,
+                           "cm": state.confusion_masked})
+    record = dict(scalars)
+    record["train/lr"] = float(lr_fn(at_step))
+    record["marginal"] = host["marginal"].tolist()
+    record.update(metrics_lib.pseudo_label_stats(host["c"], "pseudo"))
+    record.update(metrics_lib.pseudo_label_stats(host["cm"], "pseudo_masked"))
+    writer.write(at_step, "train", record)
+    return record
+
+  def save(at_step: int):
     try:
-      while step < config.total_steps and stop.received is None:
-        state, m = next_step(state)
-        step += 1
-        n_window += 1
-        pending.append((step, m))
-        if len(pending) > 1:  # at most one step in flight: an honest progress bar and
-          jax.block_until_ready(pending[-2][1])  # a prompt stop on SIGTERM
-        if compiled_at is None:
-          jax.block_until_ready(m)
-          compiled_at = time.time()
-          _log(f"first step (compile + run) took {compiled_at - t_start:.1f}s since start")
-          t_window, n_window = time.time(), 0
-        if bar is not None:
-          bar.update(1)
-        last = step == config.total_steps
-        do_log = step % config.log_every == 0 or last
-        do_eval = step % config.eval_every == 0 or last
-        do_ckpt = step % config.checkpoint_every == 0 or last
-        if stop_at is not None and step >= stop_at and not last:
-          stop.received = f"stop_at={stop_at}"
-        if do_log or do_eval or do_ckpt:
-          scalars = flush()
-          if do_log:
-            host = jax.device_get({"marginal": state.marginal, "c": state.confusion,
-                                   "cm": state.confusion_masked})
-            record = dict(scalars)
-            record["train/lr"] = float(lr_fn(step))
-            record["marginal"] = host["marginal"].tolist()
-            record.update(metrics_lib.pseudo_label_stats(host["c"], "pseudo"))
-            record.update(metrics_lib.pseudo_label_stats(host["cm"], "pseudo_masked"))
-            writer.write(step, "train", record)
-            if bar is not None:
-              bar.set_postfix(loss=f"{record['train/loss']:.3f}",
-                              mask=f"{record['train/mask_rate']:.2f}",
-                              pl_acc=f"{record['pseudo/acc_all']:.2f}", refresh=False)
-          if do_eval:
-            ev = train.evaluate(state, x_test, y_test, model=model,
-                                num_classes=config.num_classes, batch=config.eval_batch_size,
-                                mesh=mesh)
-            host = jax.device_get({"marginal": state.marginal, "c": state.confusion,
-                                   "cm": state.confusion_masked})
-            record = {k: v for k, v in ev.items() if k != "class_features"}
-            record["marginal"] = host["marginal"].tolist()
-            record["pseudo/confusion"] = host["c"].astype(int).tolist()
-            record["pseudo_masked/confusion"] = host["cm"].astype(int).tolist()
-            record.update(metrics_lib.pseudo_label_stats(host["c"], "pseudo"))
-            record.update(metrics_lib.pseudo_label_stats(host["cm"], "pseudo_masked"))
-            writer.write(step, "eval", record)
-            evals[step] = record
-            if jax.process_index() == 0:  # latest, plus one small file per evaluation
-              os.makedirs(os.path.join(workdir, "features"), exist_ok=True)
-              for path in (os.path.join(workdir, "class_features.npz"),
-                           os.path.join(workdir, "features", f"class_features_{step}.npz")):
-                np.savez(path, step=step, class_means=ev["class_features"],
-                         per_class_acc=np.asarray(ev["eval/per_class"]))
-            state = state.replace(confusion=zeros_cc(), confusion_masked=zeros_cc())
-            msg = (f"step {step}: EMA test top-1 {ev['eval/top1']:.2f}%, pseudo-label acc "
-                   f"{record['pseudo/acc']:.3f}, imbalance {record['pseudo/imbalance']:.1f}")
-            (bar.write(f"[dlpl_jax] {msg}", file=sys.stderr) if bar is not None else _log(msg))
-          if do_ckpt:
-            ckpt.save(step, state, force=True)
-      if stop.received is not None:
-        flush()
-        ckpt.save(step, state, force=True)
-        ckpt.wait()
-        _log(f"{stop.received} received: checkpoint saved at step {step} in "
-             f"{ckpt.directory}; re-run the same command to resume")
-    finally:
+      ckpt.save(at_step, state, force=True)
+    except checkpoint_lib.NonFiniteStateError as e:
+      nonfinite(at_step, str(e))
+    except checkpoint_lib.CheckpointError as e:
+      raise RunError(f"{e}; training stopped. Last complete checkpoint: step "
+                     f"{ckpt.latest_step()}") from e
+    m = marker.read()
+    if m and at_step > m.get("step", 0) and jax.process_index() == 0:
+      marker.clear()
+
+  bar = _progress(config.total_steps, step) if config.progress else None
+  say = lambda msg: (bar.write(f"[dlpl_jax] {msg}", file=sys.stderr) if bar is not None
+                     else _log(msg))
+  compiled_at = None
+  last_record: dict = {}
+  try:
+    while step < config.total_steps and stop.received is None:
+      state, m = next_step(state)
+      step += 1
+      n_window += 1
+      pending.append((step, m))
+      if len(pending) > 1:  # at most one step in flight: an honest progress bar and
+        jax.block_until_ready(pending[-2][1])  # a prompt stop on SIGTERM
+      if compiled_at is None:
+        jax.block_until_ready(m)
+        compiled_at = time.time()
+        say(f"first step (compile + run) took {compiled_at - t_start:.1f}s since start")
+        t_window, n_window = time.time(), 0
       if bar is not None:
-        bar.close()
-      ckpt.close()
-      writer.close()
+        bar.update(1)
+      last = step == config.total_steps
+      do_eval = step % config.eval_every == 0 or last
+      do_log = step % config.log_every == 0 or last or do_eval
+      do_ckpt = step % config.checkpoint_every == 0 or last
+      if stop_at is not None and step >= stop_at and not last:
+        stop.received = f"stop_at={stop_at}"
+      if do_log:
+        last_record = log_train(step, flush())
+        if bar is not None:
+          acc = last_record.get("pseudo/acc")
+          bar.set_postfix(loss=f"{last_record['train/loss']:.3f}",
+                          mask=f"{last_record['train/mask_rate']:.2f}",
+                          pl_acc="-" if acc is None else f"{acc:.2f}", refresh=False)
+      if do_eval:
+        ev = train.evaluate(state, x_test, y_test, model=model,
+                            num_classes=config.num_classes, batch=config.eval_batch_size,
+                            mesh=mesh)
+        host = jax.device_get({"c": state.confusion, "cm": state.confusion_masked})
+        record = {k: v for k, v in ev.items() if k != "class_features"}
+        record["pseudo/confusion"] = host["c"].astype(int).tolist()
+        record["pseudo_masked/confusion"] = host["cm"].astype(int).tolist()
+        writer.write(step, "eval", record)
+        evals[step] = record
+        if jax.process_index() == 0:  # latest, plus one small file per evaluation
+          os.makedirs(os.path.join(workdir, "features"), exist_ok=True)
+          for path in (os.path.join(workdir, "class_features.npz"),
+                       os.path.join(workdir, "features", f"class_features_{step}.npz")):
+            np.savez(path, step=step, class_means=ev["class_features"],
+                     per_class_acc=np.asarray(ev["eval/per_class"]))
+        state = state.replace(confusion=zeros_cc(), confusion_masked=zeros_cc())
+        say(f"step {step}: EMA test top-1 {ev['eval/top1']:.2f}%; since the last evaluation: "
+            f"{_pseudo_summary(last_record)}, mask rate {last_record['train/mask_rate']:.2f}")
+      if do_ckpt:
+        save(step)
+    if stop.received is not None:
+      if pending:  # the steps since the last log are written, not dropped
+        log_train(step, flush())
+      save(step)
+      ckpt.wait()
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpt.close()
+    writer.close()
+  if stop.received is not None:
+    _log(f"{stop.received}: checkpoint saved at step {step} in {ckpt.directory}; re-run the "
+         "same command to resume")
 
   ordered = [evals[s] for s in sorted(evals)]
   last20 = [r["eval/top1"] for r in ordered[-20:]]
+  final_pl = (metrics_lib.pseudo_label_stats(ordered[-1]["pseudo/confusion"])
+              if ordered and "pseudo/confusion" in ordered[-1] else {})
   summary = {
       "step": step,
       "total_steps": config.total_steps,
@@ -267,15 +401,22 @@ def train_and_evaluate(config, workdir: str,
       "final_top1": ordered[-1]["eval/top1"] if ordered else None,
       "median_last20_top1": float(np.median(last20)) if last20 else None,
       "num_evals": len(ordered),
-      "final_pseudo_acc": ordered[-1].get("pseudo/acc") if ordered else None,
-      "final_pseudo_imbalance": ordered[-1].get("pseudo/imbalance") if ordered else None,
+      "final_pseudo_acc": final_pl.get("pseudo/acc"),
+      "final_pseudo_imbalance": final_pl.get("pseudo/imbalance"),
+      "final_mask_rate": last_record.get("train/mask_rate"),
+      "final_marginal": last_record.get("marginal"),
       "wall_seconds_this_invocation": time.time() - t_start,
       "device": f"{mesh.size} x {jax.devices()[0].device_kind}",
   }
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=2)
-    if not summary["interrupted"]:
-      _log(f"done: {step} steps; EMA test top-1 final {summary['final_top1']:.2f}%, "
-           f"median of the last {len(last20)} evals {summary['median_last20_top1']:.2f}%")
+    if not summary["interrupted"] and ordered:
+      marginal = last_record.get("marginal") or []
+      _log(f"done: {step} steps; EMA test top-1 final {summary['final_top1']:.2f}%, median "
+           f"of the last {len(last20)} evals {summary['median_last20_top1']:.2f}%"
+           + (f"; marginal min/max {min(marginal):.3f}/{max(marginal):.3f}" if marginal
+              else ""))
+      _log(f"results in {workdir}: summary.json, metrics.jsonl, tensorboard/ "
+           f"(tensorboard --logdir {workdir}); plots: make analyze WORKDIR={workdir}")
   return summary

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from dlpl_jax import analyze
+from dlpl_jax import host
 from dlpl_jax import metrics as metrics_lib
 from dlpl_jax import trainer
 from experiments import study_cpu
@@ -41,14 +42,16 @@ def _row(method: str, seed: int, wd: str) -> dict:
            if r["kind"] == "eval"]
   evals = list({r["step"]: r for r in evals}.values())
   last = evals[-1]
+  all_pl = metrics_lib.pseudo_label_stats(last["pseudo/confusion"], "pseudo")
+  conf_pl = metrics_lib.pseudo_label_stats(last["pseudo_masked/confusion"], "pseudo_masked")
   timing = json.load(open(os.path.join(wd, "study_time.json")))
   return {
       "method": method, "seed": seed, "steps": last["step"],
       "top1_final": last["eval/top1"],
       "top1_median_last3": float(np.median([r["eval/top1"] for r in evals[-3:]])),
-      "pl_acc": last["pseudo/acc"], "pl_acc_masked": last["pseudo_masked/acc"],
-      "mask_rate": sum(last["pseudo_masked/counts"]) / max(sum(last["pseudo/counts"]), 1),
-      "pl_imbalance": last["pseudo/imbalance"], "pl_kl": last["pseudo/kl_uniform"],
+      "pl_acc": all_pl["pseudo/acc"], "pl_acc_masked": conf_pl["pseudo_masked/acc"],
+      "mask_rate": sum(conf_pl["pseudo_masked/counts"]) / max(sum(all_pl["pseudo/counts"]), 1),
+      "pl_imbalance": all_pl["pseudo/imbalance"], "pl_kl": all_pl["pseudo/kl_uniform"],
       "pred_imbalance": max(last["eval/predicted"]) / max(min(last["eval/predicted"]), 1),
       "wall_min": timing["seconds"] / 60,
   }
@@ -59,6 +62,7 @@ def main():
   ap.add_argument("--runs", default="runs/study")
   ap.add_argument("--out", default="experiments/results")
   args = ap.parse_args()
+  host.configure()  # data folder and XLA:CPU flag, as `make train` gets them
   rows = []
   for seed in SEEDS:
     for method in METHODS:
@@ -106,11 +110,12 @@ def main():
       "test predicted imbalance | wall min |",
       "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
+  f = lambda x, spec: "-" if x is None else format(x, spec)  # None: undefined
   for r in rows:
     lines.append(
         f"| {r['method']} | {r['seed']} | {r['top1_final']:.2f} | {r['top1_median_last3']:.2f} "
-        f"| {r['pl_acc']:.3f} | {r['pl_acc_masked']:.3f} | {r['mask_rate']:.3f} "
-        f"| {r['pl_imbalance']:.1f} | {r['pl_kl']:.3f} | {r['pred_imbalance']:.1f} "
+        f"| {f(r['pl_acc'], '.3f')} | {f(r['pl_acc_masked'], '.3f')} | {r['mask_rate']:.3f} "
+        f"| {f(r['pl_imbalance'], '.1f')} | {f(r['pl_kl'], '.3f')} | {r['pred_imbalance']:.1f} "
         f"| {r['wall_min']:.1f} |")
   lines += ["", "Plots (seed 0, FixMatch vs DebiasPL):", ""]
   lines += [f"- `{os.path.relpath(p, args.out)}`" for p in plots if p.endswith(".png")]

@@ -6,7 +6,10 @@ import pathlib
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from dlpl_jax import host  # noqa: E402  (before any test starts the JAX backend)
+
+host.configure()  # the same data discovery and XLA:CPU flag as the command line
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
