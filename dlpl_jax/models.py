@@ -118,6 +118,46 @@ class WideResNet(nn.Module):
   per group; strides 1, 2, 2; BN + leaky ReLU, global average pool, dense head.
 
   WRN-28-2 has 1,467,610 parameters (CIFAR-10), WRN-28-8 23.4M (CIFAR-100).
+
+  The forward pass is that of the original TensorFlow FixMatch (google-research/
+  fixmatch ``libml/models.py``, ``ResNet.classifier``). The PyTorch port
+  kekmodel/FixMatch-pytorch (``models/wideresnet.py``) has the same layers and the
+  same parameter count, but computes a different function of the same weights in
+  three places, where this model follows the TensorFlow code:
+
+  1. BatchNorm epsilon is 1e-3 here (the default of TF's
+     ``tf.layers.batch_normalization``); kekmodel's ``nn.BatchNorm2d`` keeps
+     PyTorch's default 1e-5. The momentum agrees: 0.999 here is PyTorch's
+     ``momentum=0.001``.
+  2. First block of groups 2 and 3 (``group1_block0``, ``group2_block0``): conv1 is
+     fed ``leaky_relu(bn1(x))`` here, as in every other block of both codes. In
+     kekmodel these blocks change the channel count and have
+     ``activate_before_residual=False``, so ``BasicBlock.forward`` feeds conv1 the
+     raw block input ``x``: the ``relu1(bn1(x))`` it computes is discarded (that
+     bn1 still updates its running statistics in training, but its scale and offset
+     do not reach the output). The 1x1 shortcut projection reads the raw ``x`` in
+     both codes. In the first block of group 1 (``group0_block0``,
+     ``activate_before_residual=True`` in both) conv1 and the shortcut projection
+     both read the pre-activated input in both codes.
+  3. The stride-2 3x3 convolutions (conv1 of ``group1_block0`` and
+     ``group2_block0``) use "SAME" padding: on an even input size, 0 rows/columns
+     before and 1 after (as TF's ``padding='same'``), so output pixel ``i`` reads
+     input pixels ``2i .. 2i+2``. kekmodel's ``Conv2d(padding=1)`` pads 1 on both
+     sides and reads ``2i-1 .. 2i+1``. The 1x1 stride-2 shortcut needs no padding
+     and reads the even pixels in both.
+
+  Whoever wants kekmodel's numbers from this model must change all three: epsilon
+  1e-5; conv1 of ``group1_block0`` and ``group2_block0`` fed the raw block input;
+  explicit padding ``((1, 1), (1, 1))`` on the stride-2 3x3 convolutions. With the
+  three aligned, the two give the same logits from the same weights (to 1e-6).
+  Differences outside the forward pass: kekmodel normalises the images in its data
+  pipeline (CIFAR-10: the same mean and std as here); PyTorch's running variance is
+  updated with the unbiased batch variance, Flax's with the biased one (a relative
+  1 / (n - 1), ``n = B * H * W``); TF's convolutions carry biases, constants that
+  reach a BatchNorm through linear operations only and are removed there, so both
+  ports leave them out. Width 1 alone would add a fourth difference (kekmodel
+  ignores ``activate_before_residual`` when the first group keeps 16 channels).
+  ``tests/test_models.py`` pins the three points.
   """
   depth: int = 28
   width: int = 2

@@ -1,5 +1,6 @@
 """Tests of dlpl_jax.models: parameter counts, shapes, dtypes, BatchNorm state."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +126,115 @@ def test_bfloat16(make):
   assert logits.dtype == jnp.float32 and logits.shape == (2, 10)
   assert feats.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
+
+
+# ----------------------------------------------------------------------------------
+# Pins of the three places where this WRN follows the TensorFlow FixMatch and
+# kekmodel/FixMatch-pytorch differs (see the WideResNet docstring). Each records
+# what a module of WRN-28-2 receives and returns through nn.intercept_methods.
+
+FIRST_BLOCKS = ("group0_block0", "group1_block0", "group2_block0")
+
+
+@pytest.fixture(scope="module")
+def wrn():
+  """WRN-28-2 with randomised BN statistics / affine params, and one eval pass."""
+  model = models.create_model("wrn28_2", 10)
+  x = _images(batch=2, seed=1)
+  variables = model.init(jax.random.key(0), x, train=False)
+  rng = np.random.default_rng(0)
+
+  def jitter(path, v):
+    name = path[-1].key
+    if name == "var":  # small variances make epsilon matter
+      return jnp.asarray(rng.uniform(1e-3, 2.0, v.shape), v.dtype)
+    if name in ("mean", "bias"):
+      return jnp.asarray(rng.normal(0, 0.1, v.shape), v.dtype)
+    if name == "scale":
+      return jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype)
+    return v
+  variables = jax.tree_util.tree_map_with_path(jitter, variables)
+  logits, calls = _record_calls(model, variables, x)
+  return model, variables, x, logits, calls
+
+
+def _record_calls(model, variables, x):
+  """Eval-mode logits and {module path: (module, input, output)} of every call."""
+  calls = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and args:
+      calls["/".join(context.module.scope.path)] = (context.module, args[0], out)
+    return out
+  with nn.intercept_methods(record):
+    logits = model.apply(variables, x, train=False)
+  return logits, calls
+
+
+def test_batchnorm_epsilon_is_tf_1e3_not_pytorch_1e5(wrn):
+  _, variables, _, _, calls = wrn
+  bns = {k: m for k, (m, _, _) in calls.items() if isinstance(m, nn.BatchNorm)}
+  assert len(bns) == 2 * 12 + 1  # bn1, bn2 of the 12 blocks, and bn_out
+  assert {m.epsilon for m in bns.values()} == {1e-3}
+  assert {m.momentum for m in bns.values()} == {0.999}  # PyTorch momentum=0.001
+  # Numerically: (x - mean) / sqrt(var + 1e-3) * scale + bias, with small variances.
+  _, x_in, out = calls["group1_block0/bn1"]
+  stats = variables["batch_stats"]["group1_block0"]["bn1"]
+  affine = variables["params"]["group1_block0"]["bn1"]
+  for eps, close in ((1e-3, True), (1e-5, False)):
+    ref = ((x_in - stats["mean"]) / jnp.sqrt(stats["var"] + eps) * affine["scale"]
+           + affine["bias"])
+    assert np.allclose(out, ref, rtol=1e-5, atol=1e-5) == close, eps
+
+
+@pytest.mark.parametrize("block", FIRST_BLOCKS)
+def test_first_block_conv1_takes_preactivated_input(wrn, block):
+  # conv1 of every group's first block sees leaky_relu(bn1(x)), as in the TF
+  # FixMatch. kekmodel feeds the raw block input x to conv1 in groups 2 and 3.
+  _, _, _, _, calls = wrn
+  _, x_block, _ = calls[block]
+  _, _, bn1_out = calls[f"{block}/bn1"]
+  _, conv1_in, _ = calls[f"{block}/conv1"]
+  np.testing.assert_array_equal(conv1_in, nn.leaky_relu(bn1_out, 0.1))
+  assert not np.allclose(conv1_in, x_block)
+  # The 1x1 projection shortcut: pre-activated input in group 1 only
+  # (activate_before_residual), the raw block input in groups 2 and 3 (both codes).
+  _, shortcut_in, _ = calls[f"{block}/shortcut"]
+  expected = conv1_in if block == "group0_block0" else x_block
+  np.testing.assert_array_equal(shortcut_in, expected)
+
+
+def test_bn1_of_group2_first_block_changes_logits(wrn):
+  # Behavioural form of the pin above: in kekmodel this BN's output is discarded,
+  # so its scale could not change the logits.
+  model, variables, x, logits, _ = wrn
+  bumped = jax.tree_util.tree_map(lambda v: v, variables)
+  scale = bumped["params"]["group1_block0"]["bn1"]["scale"]
+  bumped["params"]["group1_block0"]["bn1"]["scale"] = scale * 2.0
+  assert not np.allclose(model.apply(bumped, x, train=False), logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", FIRST_BLOCKS[1:])
+def test_stride2_conv_pads_same_0_before_1_after(wrn, block):
+  # flax "SAME" at stride 2 on an even size pads 0 before / 1 after (as TF's
+  # 'same'); kekmodel's Conv2d(padding=1) pads 1 on both sides.
+  _, variables, _, _, calls = wrn
+  _, conv1_in, conv1_out = calls[f"{block}/conv1"]
+  kernel = variables["params"][block]["conv1"]["kernel"]
+  assert conv1_in.shape[1] % 2 == 0 and conv1_out.shape[1] == conv1_in.shape[1] // 2
+
+  def conv(pads):
+    return jax.lax.conv_general_dilated(
+        conv1_in, kernel, (2, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(conv1_out, conv(((0, 1), (0, 1))), rtol=1e-4, atol=1e-4)
+  symmetric = conv(((1, 1), (1, 1)))
+  assert symmetric.shape == conv1_out.shape
+  assert not np.allclose(conv1_out, symmetric, rtol=1e-2, atol=1e-2)
+  # The 1x1 stride-2 shortcut needs no padding: it reads the even pixels (both codes).
+  _, sc_in, sc_out = calls[f"{block}/shortcut"]
+  sc_kernel = variables["params"][block]["shortcut"]["kernel"][0, 0]
+  np.testing.assert_allclose(
+      sc_out, jnp.einsum("bhwc,cf->bhwf", sc_in[:, ::2, ::2], sc_kernel,
+                         precision=jax.lax.Precision.HIGHEST), rtol=1e-4, atol=1e-4)
