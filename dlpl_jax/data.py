@@ -6,8 +6,9 @@ already be prepared under the TFDS data directory (``data_dir`` argument, else t
 ``TFDS_DATA_DIR`` environment variable, else ``~/tensorflow_datasets``), otherwise a
 ``FileNotFoundError`` says where it looked and how to fix it. A prepared dataset whose
 files are damaged (a truncated or corrupted TFRecord shard, a missing shard, an
-unreadable ``dataset_info.json``) raises ``DataError``, a ``ValueError`` whose one-line
-message names the file, the data directory and how to repair it.
+unreadable ``dataset_info.json``) raises ``DataError`` (a ``UsageError``, so a
+``ValueError``) whose one-line message names the file, the data directory and how to
+repair it.
 
 The split helpers are pure numpy and depend only on the label array and the seed:
 
@@ -27,17 +28,21 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from dlpl_jax.errors import UsageError
+
 TFDS_ENV = "TFDS_DATA_DIR"
 UNLABELED_PROFILES = ("long_tailed", "reversed", "balanced")
 
 
-class DataError(ValueError):
+class DataError(UsageError):
   """A prepared dataset's files are damaged, missing or unreadable.
 
   The message is one line: the file (the TFRecord shard when it can be told, else the
   split's files), the data directory, and how to repair them. The TensorFlow error it
-  replaces, if any, stays available as ``__context__``. A ``ValueError`` so that
-  callers that catch ``ValueError`` (the command line does) report it cleanly.
+  replaces, if any, stays available as ``__context__``. A
+  :class:`dlpl_jax.errors.UsageError`, hence a ``ValueError``: the command line
+  reports it in one line with exit status 2, and callers that catch ``ValueError``
+  keep working.
   """
 
 

@@ -256,6 +256,9 @@ def test_unreadable_dataset_info(tmp_path, text, why):
   _assert_data_error(info, info_path, data_dir, why)
 
 
-def test_data_error_is_a_value_error():
-  # The command line reports ValueError / FileNotFoundError in one line and exits 2.
+def test_data_error_is_a_usage_error():
+  # The command line reports UsageError in one line with exit status 2; callers that
+  # catch ValueError keep working.
+  from dlpl_jax.errors import UsageError  # pylint: disable=import-outside-toplevel
+  assert issubclass(data.DataError, UsageError)
   assert issubclass(data.DataError, ValueError)
