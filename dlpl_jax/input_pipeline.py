@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dlpl_jax import data as data_lib
+from dlpl_jax.errors import UsageError
 
 
 class SSLData(NamedTuple):
@@ -68,7 +69,7 @@ def load(config) -> SSLData:
   x_test, y_test = data_lib.load_split(config.dataset, "test", data_dir)
   n_cls = int(y_train.max()) + 1
   if n_cls != config.num_classes:
-    raise ValueError(f"{config.dataset} has {n_cls} classes but config.num_classes = "
+    raise UsageError(f"{config.dataset} has {n_cls} classes but config.num_classes = "
                      f"{config.num_classes}")
   return select(config, x_train, y_train, x_test, y_test)
 

@@ -43,6 +43,7 @@ def _log(msg: str) -> None:
 _CPU_S_PER_IMAGE = {"wrn28_2": 11.9 / 960, "wrn28_8": 16 * 11.9 / 960}
 _H100_S_PER_IMAGE = {"wrn28_2": 1 / (87 * 960), "wrn28_8": 16 / (87 * 960)}
 CPU_LIMIT_HOURS = 12.0
+PROGRESS_EVERY_S = 30.0  # progress lines when stderr is not a terminal
 
 
 def runtime_estimate(config) -> tuple[float, float] | None:
@@ -72,16 +73,27 @@ def check_cpu_budget(config, backend: str, allow_cpu: bool) -> None:
 
 
 def _progress(total: int, initial: int):
-  if jax.process_index() != 0:
+  """A tqdm bar on a terminal; None elsewhere (logs, CI), where progress lines are
+  written at the log steps instead (:func:`_progress_line`)."""
+  if jax.process_index() != 0 or not sys.stderr.isatty():
     return None
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  tty = sys.stderr.isatty()
   return tqdm(total=total, initial=initial, file=sys.stderr, unit="step", dynamic_ncols=True,
-              mininterval=0.5 if tty else 30.0, smoothing=0.1,
+              mininterval=0.5, smoothing=0.1,
               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
-                         "{rate_fmt}]{postfix}" if tty else None)
+                         "{rate_fmt}]{postfix}")
 
 
+def _progress_line(step: int, total: int, record: dict) -> str:
+  rate = record.get("train/steps_per_sec") or 0.0
+  eta = (total - step) / rate if rate > 0 else float("inf")
+  eta_s = ("?" if not math.isfinite(eta) else
+           f"{eta / 3600:.1f} h" if eta >= 3600 else f"{eta / 60:.1f} min" if eta >= 60
+           else f"{eta:.0f} s")
+  acc = record.get("pseudo/acc")
+  return (f"step {step}/{total} ({100 * step / total:.0f}%), {rate:.2f} steps/s, ETA {eta_s}: "
+          f"loss {record['train/loss']:.3f}, mask rate {record['train/mask_rate']:.2f}, "
+          f"pseudo-label acc {'-' if acc is None else f'{acc:.2f}'}")
 
 
 def _check_divisible(config, n_devices: int) -> None:
@@ -325,6 +337,7 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
   say = lambda msg: (bar.write(f"[dlpl_jax] {msg}", file=sys.stderr) if bar is not None
                      else _log(msg))
   compiled_at = None
+  t_printed = 0.0
   last_record: dict = {}
   try:
     while step < config.total_steps and stop.received is None:
@@ -349,6 +362,10 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
         stop.received = f"stop_at={stop_at}"
       if do_log:
         last_record = log_train(step, flush())
+        if bar is None and config.progress and (
+            time.time() - t_printed >= PROGRESS_EVERY_S or last):
+          _log(_progress_line(step, config.total_steps, last_record))
+          t_printed = time.time()
         if bar is not None:
           acc = last_record.get("pseudo/acc")
           bar.set_postfix(loss=f"{last_record['train/loss']:.3f}",
@@ -417,6 +434,8 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
            f"of the last {len(last20)} evals {summary['median_last20_top1']:.2f}%"
            + (f"; marginal min/max {min(marginal):.3f}/{max(marginal):.3f}" if marginal
               else ""))
-      _log(f"results in {workdir}: summary.json, metrics.jsonl, tensorboard/ "
-           f"(tensorboard --logdir {workdir}); plots: make analyze WORKDIR={workdir}")
+      shown = os.path.relpath(workdir)
+      shown = workdir if shown.startswith("..") else shown
+      _log(f"results in {shown}: summary.json, metrics.jsonl, tensorboard/ "
+           f"(tensorboard --logdir {shown}); plots: make analyze WORKDIR={shown}")
   return summary
