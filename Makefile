@@ -6,6 +6,7 @@
 # (dlpl_jax/host.py), the same for `make` and `python -m dlpl_jax.main`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+,      := ,
 PYOK   := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))
 # The first of python3.12, python3.11, python3 that is 3.11 or 3.12 (PYTHON=... overrides).
 PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
@@ -46,13 +47,13 @@ ARGS    ?=
 # with an unsupported Python, or left by a failed install, is removed first.
 $(STAMP): pyproject.toml requirements.lock
 	@if [ -z "$(PYTHON)" ] || ! $(PYTHON) -c '$(PYOK)' 2>/dev/null; then \
-	  echo "error: dlpl_jax needs Python 3.11 or 3.12 (python3 here is $$(python3 -V 2>&1 | cut -d' ' -f2)); install one, or pass PYTHON=/path/to/python3.12" >&2; \
+	  echo "error: dlpl_jax needs Python 3.11 or 3.12; $(if $(PYTHON),PYTHON=$(PYTHON) is $$($(PYTHON) -V 2>&1 | head -1),none of python3.12$(,) python3.11$(,) python3 is one). Install one, or pass PYTHON=/path/to/python3.12" >&2; \
 	  exit 2; fi
 	@if [ -e $(VENV) ] && ! $(PY) -c '$(PYOK)' 2>/dev/null; then \
 	  echo "removing $(VENV): it was made with an unsupported Python"; rm -rf $(VENV); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]' \
+	$(PY) -m pip install -q -c requirements.lock -e '.[train,analyze,test]' \
 	  $(if $(filter-out cpu,$(ACCEL)),'jax[$(ACCEL)]') \
 	  || { rm -rf $(VENV); echo "error: the install failed; $(VENV) was removed, so the next attempt starts clean" >&2; exit 1; }
 	rm -f $(VENV)/.installed-*

@@ -14,8 +14,6 @@ import json
 import math
 import os
 
-import ml_collections
-
 from dlpl_jax.errors import UsageError
 
 METHODS = ("fixmatch", "debiaspl")
@@ -28,7 +26,8 @@ NON_TRAINING_KEYS = ("data_dir", "eval_every", "eval_batch_size", "eval_examples
 KNOWN_DATASETS = {"cifar10": (10, 5000, 10000), "cifar100": (100, 500, 10000)}
 
 
-def get_base_config() -> ml_collections.ConfigDict:
+def get_base_config() -> "ml_collections.ConfigDict":
+  import ml_collections  # pylint: disable=g-import-not-at-top  (the [train] extra)
   c = ml_collections.ConfigDict()
   # --- data -----------------------------------------------------------------------
   c.dataset = "cifar10"          # a TFDS name: cifar10 or cifar100
