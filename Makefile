@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml requirements.lock
 	  echo "removing $(VENV): it was made with an unsupported Python"; rm -rf $(VENV); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[train,analyze,test]' \
+	$(PY) -m pip install -q -c requirements.lock -e '.[train,tensorflow,analyze,test]' \
 	  $(if $(filter-out cpu,$(ACCEL)),'jax[$(ACCEL)]') \
 	  || { rm -rf $(VENV); echo "error: the install failed; $(VENV) was removed, so the next attempt starts clean" >&2; exit 1; }
 	rm -f $(VENV)/.installed-*

@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [
     ("cifar10_4shot", "", dict(labels_per_class=4, model="wrn28_2", method="debiaspl")),
     ("cifar10_4shot", "fixmatch", dict(method="fixmatch")),
-    ("cifar10_4shot", "smoke", dict(model="cnn_small", total_steps=120)),
+    ("cifar10_4shot", "smoke", dict(model="cnn_small", total_steps=120, ema_decay=0.99)),
     ("cifar10_25shot", "", dict(labels_per_class=25)),
     ("cifar10_400shot", "fixmatch", dict(labels_per_class=400, method="fixmatch")),
     ("cifar100", "4", dict(num_classes=100, model="wrn28_8", labels_per_class=4)),
