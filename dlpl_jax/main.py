@@ -38,6 +38,15 @@ _MULTIHOST = flags.DEFINE_bool(
     "multihost", None,
     "Call jax.distributed.initialize() (multi-host GPU clusters, TPU pods). Default: "
     "when JAX_COORDINATOR_ADDRESS is set or on a multi-host TPU slice.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --multihost outside SLURM/Open MPI/Kubernetes/TPU (whose "
+    "environment JAX reads): the number of processes (default: $DLPL_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --multihost outside a detected cluster: this process's index, "
+    "0 runs the coordinator at JAX_COORDINATOR_ADDRESS (default: $DLPL_PROCESS_ID).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Multi-process: seconds without a heartbeat after which the "
+    "others give up on a process that died or hangs (jax.distributed's default is 100).")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a stored run although the config now differs in "
     "keys that change training (recorded in WORKDIR/config_changes.jsonl).")
@@ -70,7 +79,23 @@ def default_workdir(argv: list[str]) -> str:
 
 def _fail(e: Exception, code: int) -> None:
   print(f"[dlpl_jax] error: {e}", file=sys.stderr, flush=True)
+  if _multiprocess():
+    # Skip jax.distributed's exit barrier: it would hold this process until the others
+    # finish or its shutdown timeout (300 s) ends, while they wait for this one in their
+    # next collective. Exiting now makes their collectives fail at once instead.
+    sys.stdout.flush()
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
+
+
+def _multiprocess() -> bool:
+  jax = sys.modules.get("jax")
+  return jax is not None and jax.distributed.is_initialized()
+
+
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value else None
 
 
 def main(argv):
@@ -82,7 +107,20 @@ def main(argv):
     multihost = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or (
         "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
   if multihost:
-    jax.distributed.initialize()
+    # JAX's preemption service would take SIGTERM from the handler installed at start
+    # (its C++ notifier replaces it): the run would ignore SIGTERM. The trainer agrees on
+    # a stop across processes itself.
+    jax.config.update("jax_enable_preemption_service", False)
+    try:
+      jax.distributed.initialize(
+          num_processes=_NUM_PROCESSES.value or _env_int("DLPL_NUM_PROCESSES"),
+          process_id=(_PROCESS_ID.value if _PROCESS_ID.value is not None
+                      else _env_int("DLPL_PROCESS_ID")),
+          heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
+    except ValueError as e:  # no coordinator address / process count / id found
+      _fail(UsageError(f"--multihost: {e} (outside a detected cluster set "
+                       "JAX_COORDINATOR_ADDRESS, --num_processes and --process_id)"),
+            UsageError.exit_code)
   from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value or default_workdir(sys.argv[1:])
   try:
@@ -96,6 +134,19 @@ def main(argv):
   except OSError as e:  # a filesystem failure during the run: one line, not a traceback
     _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
           RunError.exit_code)
+  except jax.errors.JaxRuntimeError as e:
+    if not _multiprocess():
+      raise
+    # A collective failed: another process died (its own error is in its log).
+    _fail(f"{str(e).splitlines()[0]} (another process of this run probably failed or was "
+          "killed: see its output); the latest complete checkpoint is intact",
+          RunError.exit_code)
+  except Exception:  # pylint: disable=broad-except
+    if not _multiprocess():
+      raise
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    _fail("training failed (traceback above)", RunError.exit_code)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -130,6 +131,40 @@ def _stopped_in_startup(stop, step, workdir, writer, ckpt) -> dict:
   return {"step": step, "interrupted": True}
 
 
+def _any_process(flag: bool) -> bool:
+  """Whether ``flag`` is True on any process (the same answer on every process; blocks
+  until all processes ask). Single process: ``flag``."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+class _StopVote:
+  """Multi-process: a stop asked on any process (SIGTERM/SIGINT reach the processes at
+  different steps, or only one of them) stops every process after the same step;
+  otherwise one process would save (orbax collectives) while the others enter the next
+  train step, and both wait for each other forever.
+
+  Each call starts an all-process max of the local flags without waiting and returns the
+  result of the one started by the previous call (done by then, like the step before it):
+  all processes decide at the same step, one step after the signal, with one step still
+  in flight.
+  """
+
+  def __init__(self, mesh):
+    self._sharding = NamedSharding(mesh, P("data"))
+    self._n_local = len(mesh.local_devices)
+    self._max = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
+    self._previous = None
+
+  def __call__(self, local: bool) -> bool:
+    x = jax.make_array_from_process_local_data(
+        self._sharding, np.full((self._n_local,), int(local), np.int32))
+    previous, self._previous = self._previous, self._max(x)
+    return previous is not None and bool(previous)
+
+
 def _pseudo_summary(record: dict) -> str:
   acc = record.get("pseudo/acc")
   imb = record.get("pseudo/imbalance")
@@ -180,9 +215,16 @@ def train_and_evaluate(config, workdir: str,
     stop.__enter__()
   lock = None
   try:
-    workdir = workdir_lib.prepare(workdir)
-    if jax.process_index() == 0:
-      lock = workdir_lib.Lock(workdir, log=_log).acquire()
+    error = None
+    try:
+      workdir = workdir_lib.prepare(workdir)
+      if jax.process_index() == 0:
+        lock = workdir_lib.Lock(workdir, log=_log).acquire()
+    except UsageError as e:
+      error = e
+    if _any_process(error is not None):  # every process stops, not only the one that failed
+      raise error or UsageError(f"another process cannot use the workdir {workdir} (see its "
+                                "error); nothing was trained")
     return _train(config, workdir, data, stop_at, allow_config_change, restore_step,
                   allow_cpu, stop, t_start)
   finally:
@@ -231,7 +273,8 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
     raise UsageError(str(e)) from e
   if restored is not None:
     _log(f"resumed from {ckpt.directory} at step {restored}")
-    workdir_lib.check_config(workdir, config, restored, allow_config_change, log=_log)
+    workdir_lib.check_config(workdir, config, restored, allow_config_change, log=_log,
+                             record=jax.process_index() == 0)
   step = int(jax.device_get(state.step))
   marker = workdir_lib.NonFiniteMarker(workdir)
   repeat = marker.repeats(restored, config)
@@ -251,12 +294,14 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
   writer.rebuild(records)
   evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
 
-  if stop.received:
+  if _any_process(stop.received is not None):
+    stop.received = stop.received or "a stop signal on another process"
     return _stopped_in_startup(stop, step, workdir, writer, ckpt)
   if data is None:
     data = input_pipeline.load(config)
   _log(f"data: {data.describe(config.num_classes)}")
-  if stop.received:
+  if _any_process(stop.received is not None):
+    stop.received = stop.received or "a stop signal on another process"
     return _stopped_in_startup(stop, step, workdir, writer, ckpt)
 
   if config.in_memory:
@@ -339,8 +384,27 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
   compiled_at = None
   t_printed = 0.0
   last_record: dict = {}
+  vote = _StopVote(mesh) if jax.process_count() > 1 else None
+  planned = False  # stop_at reached (the same step on every process)
+  stopped = False  # the loop ended early: a checkpoint is saved below
+
+  def should_stop() -> bool:
+    if planned:
+      return True
+    if vote is None:
+      return stop.received is not None
+    if vote(stop.received is not None):
+      if stop.received is None:
+        stop.received = "a stop signal on another process"
+        say(f"{stop.received}: stopping after this step and saving a checkpoint")
+      return True
+    return False
+
   try:
-    while step < config.total_steps and stop.received is None:
+    while step < config.total_steps:
+      if should_stop():
+        stopped = True
+        break
       state, m = next_step(state)
       step += 1
       n_window += 1
@@ -359,7 +423,8 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
       do_log = step % config.log_every == 0 or last or do_eval
       do_ckpt = step % config.checkpoint_every == 0 or last
       if stop_at is not None and step >= stop_at and not last:
-        stop.received = f"stop_at={stop_at}"
+        stop.received = stop.received or f"stop_at={stop_at}"
+        planned = True
       if do_log:
         last_record = log_train(step, flush())
         if bar is None and config.progress and (
@@ -392,7 +457,9 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
             f"{_pseudo_summary(last_record)}, mask rate {last_record['train/mask_rate']:.2f}")
       if do_ckpt:
         save(step)
-    if stop.received is not None:
+    if vote is None:  # one process: a signal after the last step still counts, as before
+      stopped = stopped or stop.received is not None
+    if stopped:
       if pending:  # the steps since the last log are written, not dropped
         log_train(step, flush())
       save(step)
@@ -402,7 +469,7 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
       bar.close()
     ckpt.close()
     writer.close()
-  if stop.received is not None:
+  if stopped:
     _log(f"{stop.received}: checkpoint saved at step {step} in {ckpt.directory}; re-run the "
          "same command to resume")
 
@@ -413,7 +480,7 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
   summary = {
       "step": step,
       "total_steps": config.total_steps,
-      "interrupted": stop.received is not None,
+      "interrupted": stopped,
       "method": config.method,
       "final_top1": ordered[-1]["eval/top1"] if ordered else None,
       "median_last20_top1": float(np.median(last20)) if last20 else None,

@@ -40,7 +40,7 @@ def prepare(workdir: str) -> str:
   path = os.path.abspath(workdir)
   try:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_test.{os.getpid()}")
+    probe = os.path.join(path, f".write_test.{socket.gethostname()}.{os.getpid()}")
     with open(probe, "w", encoding="utf-8") as f:
       f.write("ok")
     os.remove(probe)
@@ -129,8 +129,11 @@ def read_config(workdir: str) -> dict | None:
 
 
 def check_config(workdir: str, config, step: int, allow_change: bool,
-                 log: Callable[[str], None] = print) -> list:
+                 log: Callable[[str], None] = print, record: bool = True) -> list:
   """Compares ``config`` with the run stored in ``workdir`` before resuming at ``step``.
+
+  ``record``: append the allowed change to ``config_changes.jsonl`` (one process of a
+  multi-process run does).
 
   Returns:
     The training-relevant differences ``(key, stored, new)`` (empty when equal).
@@ -155,6 +158,8 @@ def check_config(workdir: str, config, step: int, allow_change: bool,
         "one with the new values")
   log(f"continuing the run at step {step} with a changed config ({what}); recorded in "
       f"{CHANGES_FILE}")
+  if not record:
+    return diff
   with open(os.path.join(workdir, CHANGES_FILE), "a", encoding="utf-8") as f:
     f.write(json.dumps({"step": step, "changes": [list(d) for d in diff]}, default=str)
             + "\n")
