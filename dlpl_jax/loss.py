@@ -85,6 +85,7 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
   logits = jnp.asarray(logits)
   _checks.check_rank("logits", logits, 2, "[B, C]")
   _checks.check_float("logits", logits)
+  _checks.check_batch("logits", logits)
   _check_labels(logits, labels)
   logits = logits.astype(_checks.compute_dtype(logits))
   labels = jnp.asarray(labels)

@@ -176,6 +176,7 @@ def hard_labels(probs: ArrayLike, threshold: float | ArrayLike = 0.95) -> tuple[
   probs = jnp.asarray(probs)
   _checks.check_rank("probs", probs, 2, "[B, C]")
   _checks.check_float("probs", probs)
+  _checks.check_batch("probs", probs)
   _checks.check_unit_interval("threshold", threshold)
   probs = jax.lax.stop_gradient(probs.astype(_checks.compute_dtype(probs)))
   labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)

@@ -171,3 +171,11 @@ def test_import_does_not_pull_tensorflow():
           "bad = [m for m in sys.modules if m.startswith(('tensorflow', 'tensorflow_datasets'))];"
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cross_entropy_and_hard_labels_refuse_an_empty_batch():
+  import dlpl_jax  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="empty batch"):
+    dlpl_jax.cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32))
+  with pytest.raises(ValueError, match="empty batch"):
+    dlpl_jax.hard_labels(jnp.zeros((0, 3)), 0.5)
