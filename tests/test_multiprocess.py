@@ -9,6 +9,8 @@ collectives, one device each) against one process with two devices.
   rounding (rtol 1e-6) in case a backend reassociates.
 * SIGKILL to one process of a command-line run ends the other at once with one line and
   status 1 (not a hang), and the latest checkpoint stays intact.
+* A checkpoint written by two processes resumes in one, and the other way round, to the
+  state of an uninterrupted run.
 """
 
 import json
@@ -136,3 +138,42 @@ def test_sigkill_of_one_process_ends_the_other_in_one_line(tmp_path, cifar_dir):
   template = train.create_train_state(cfg, train.build_model(cfg), (32, 32, 3))
   _, step = checkpoint.Checkpointer(str(wd), 3, 3).restore_latest(template)
   assert step is not None and step % 3 == 0
+
+
+def test_resume_across_process_counts_equals_an_uninterrupted_run(tmp_path):
+  """2 steps in two processes, stop and save; 2 more in one process (2 devices); and the
+  other way round: both end where one uninterrupted process ends (about 80 s here)."""
+  def two(workdir, stop_at):
+    port = _port()
+    code = WORKER.replace("tiny_config(), workdir, data=DATA)",
+                          f"tiny_config(), workdir, data=DATA, stop_at={stop_at})")
+    procs = [subprocess.Popen([sys.executable, "-c", code, "2", str(i), str(port), workdir],
+                              cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+      _, err = p.communicate(timeout=600)
+      assert p.returncode == 0, err[-3000:]
+
+  def one(workdir, stop_at):
+    code = WORKER.replace("tiny_config(), workdir, data=DATA)",
+                          f"tiny_config(), workdir, data=DATA, stop_at={stop_at})")
+    res = subprocess.run([sys.executable, "-c", code, "1", "0", "0", workdir], cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+  one(str(tmp_path / "ref"), None)
+  two(str(tmp_path / "a"), 2)
+  one(str(tmp_path / "a"), None)
+  one(str(tmp_path / "b"), 2)
+  two(str(tmp_path / "b"), None)
+  c = tiny_config()
+  template = train.create_train_state(c, train.build_model(c), DATA.x_l.shape[1:])
+  ref = None
+  for name in ("ref", "a", "b"):
+    state, step = checkpoint.Checkpointer(str(tmp_path / name), 2, 3).restore_latest(template)
+    assert step == 4
+    if ref is None:
+      ref = _leaves(state)
+      continue
+    for x, y in zip(ref, _leaves(state)):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=0)
