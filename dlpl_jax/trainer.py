@@ -123,6 +123,14 @@ def _nonfinite_advice(ckpt) -> str:
           "what diverged (for example a smaller --config.lr, with --allow_config_change)")
 
 
+def _stop_in_startup(stop) -> bool:
+  """Whether a stop was asked on any process before training (all processes agree)."""
+  if _any_process(stop.received is not None):
+    stop.received = stop.received or "a stop signal on another process"
+    return True
+  return False
+
+
 def _stopped_in_startup(stop, step, workdir, writer, ckpt) -> dict:
   writer.close()
   ckpt.close()
@@ -294,14 +302,12 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
   writer.rebuild(records)
   evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
 
-  if _any_process(stop.received is not None):
-    stop.received = stop.received or "a stop signal on another process"
+  if _stop_in_startup(stop):
     return _stopped_in_startup(stop, step, workdir, writer, ckpt)
   if data is None:
     data = input_pipeline.load(config)
   _log(f"data: {data.describe(config.num_classes)}")
-  if _any_process(stop.received is not None):
-    stop.received = stop.received or "a stop signal on another process"
+  if _stop_in_startup(stop):
     return _stopped_in_startup(stop, step, workdir, writer, ckpt)
 
   if config.in_memory:
