@@ -1,4 +1,5 @@
-"""Classifiers in Flax linen: the FixMatch Wide ResNet and a small CPU-sized CNN.
+"""Classifiers in Flax linen: the FixMatch Wide ResNet, a torchvision-layout ResNet-50
+(for ImageNet and self-supervised initialisation) and a small CPU-sized CNN.
 
 Every model takes raw pixels and normalizes them itself, so callers (augmentation,
 evaluation) work in uint8 / [0, 255] throughout. The common contract is::
@@ -20,6 +21,10 @@ References:
   ``libml/models.py`` (class ``ResNet``); parameter count as in
   kekmodel/FixMatch-pytorch ``models/wideresnet.py`` (convolutions without bias:
   WRN-28-2 has 1,467,610 params).
+  He et al., Deep Residual Learning for Image Recognition, CVPR 2016,
+  https://arxiv.org/abs/1512.03385; layout of torchvision ``models/resnet.py``
+  (ResNet v1.5: the stride of a bottleneck on its 3x3 convolution), the backbone of
+  MoCo and of the official DebiasPL ImageNet code.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ import jax.numpy as jnp
 
 CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
 CIFAR10_STD = (0.2471 * 255, 0.2435 * 255, 0.2616 * 255)
+# torchvision's ImageNet normalisation (transforms.Normalize after ToTensor's / 255).
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 Dtype = Any
 
@@ -236,19 +244,125 @@ class SmallCNN(nn.Module):
     return _head(features, self.num_classes, self.dtype, return_features)
 
 
+class _Bottleneck(nn.Module):
+  """torchvision's ``Bottleneck`` (v1.5): conv1x1, BN, ReLU, conv3x3 (stride), BN,
+  ReLU, conv1x1 (4x channels), BN, plus the shortcut, then ReLU.
+
+  The shortcut is ``downsample_0`` (conv1x1 with the block's stride) and
+  ``downsample_1`` (BN) when the shape changes, else the identity. Submodule names
+  are torch's with ``.`` written ``_`` (see :mod:`dlpl_jax.convert`).
+  """
+  planes: int
+  strides: int = 1
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bn = lambda name: nn.BatchNorm(  # noqa: E731
+        use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    conv = lambda f, k, s, pad, name: nn.Conv(  # noqa: E731
+        f, (k, k), strides=(s, s), padding=pad, use_bias=False,
+        kernel_init=conv_init, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    out_features = 4 * self.planes
+    y = nn.relu(bn("bn1")(conv(self.planes, 1, 1, "VALID", "conv1")(x)))
+    # torch Conv2d(3, stride, padding=1): one pixel both sides, at any stride.
+    y = nn.relu(bn("bn2")(conv(self.planes, 3, self.strides, ((1, 1), (1, 1)),
+                               "conv2")(y)))
+    y = bn("bn3")(conv(out_features, 1, 1, "VALID", "conv3")(y))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != out_features:
+      shortcut = bn("downsample_1")(
+          conv(out_features, 1, self.strides, "VALID", "downsample_0")(x))
+    return nn.relu(shortcut + y)
+
+
+class ResNet50(nn.Module):
+  """ResNet-50 in torchvision's layout (25,557,032 parameters with 1000 classes).
+
+  Stem: conv 7x7/2 (64), BN, ReLU, max pool 3x3/2; then bottleneck stages of
+  [3, 4, 6, 3] blocks with 64, 128, 256, 512 planes (x4 output channels), the stride 2
+  of stages 2-4 on the first block's 3x3 convolution (v1.5, as torchvision and MoCo);
+  global average pool, dense head (``classifier``, torch's ``fc``). Features are
+  ``[B, 2048]``. Parameter and module names follow torch's (``conv1``, ``bn1``,
+  ``layer1_0/conv1``, ``layer1_0/downsample_0``, ...) so that
+  :mod:`dlpl_jax.convert` maps a torch state dict one-to-one.
+
+  Equal to torch given the same weights (up to float rounding):
+
+  * padding is explicit, as torch's: ``((3, 3), (3, 3))`` on the 7x7/2 stem conv,
+    ``((1, 1), (1, 1))`` on every 3x3 conv (stride 1 or 2) and on the 3x3/2 max pool
+    (padded with -inf, as torch's ``MaxPool2d``), none on the 1x1 convs. "SAME" would
+    differ on stride 2 with an even input (0 before / 1 after instead of 1 / 1);
+  * BatchNorm epsilon 1e-5 and momentum 0.9 (torch's ``momentum=0.1``); in training
+    Flax updates the running variance with the biased batch variance, torch with the
+    unbiased one (a relative ``1 / (n - 1)``, ``n = B * H * W``): the eval-mode
+    forward pass is the same, the running-stat update differs by that factor;
+  * the images are normalised inside the model with torchvision's ImageNet mean and
+    std (``ToTensor`` then ``Normalize`` in torch), so the input is raw
+    ``[B, H, W, 3]`` pixels in [0, 255], channels last (torch is NCHW; the
+    converter transposes the kernels, not the images).
+
+  Initialisation is torchvision's for the convolutions (He normal, fan_out) and
+  BatchNorm (scale 1, offset 0, ``zero_init_residual=False``); the head uses this
+  module's Glorot-normal ``classifier`` like the other models (torchvision's
+  ``nn.Linear`` default differs; it does not matter once weights are loaded or
+  trained). 224x224 is the intended input size; any size of at least 32 runs (the
+  output of stage 4 is then 1x1).
+  """
+  num_classes: int = 1000
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  mean: Sequence[float] = IMAGENET_MEAN
+  std: Sequence[float] = IMAGENET_STD
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, return_features: bool = False):
+    """Logits ``[B, num_classes]`` float32 (and pooled features ``[B, 2048]``).
+
+    Args:
+      x: ``[B, H, W, 3]`` raw pixels, uint8 or float in [0, 255] (224x224 for
+        ImageNet).
+      train: batch statistics (and their update, with ``mutable=['batch_stats']``)
+        if True, running averages if False.
+      return_features: also return the penultimate pooled features.
+    """
+    # Stem: normalise, conv 7x7/2, BN, ReLU, max pool 3x3/2 (padded with -inf).
+    y = normalize(x, self.mean, self.std, self.dtype)
+    y = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                kernel_init=conv_init, dtype=self.dtype, param_dtype=jnp.float32,
+                name="conv1")(y)
+    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon, dtype=self.dtype,
+                             param_dtype=jnp.float32, name="bn1")(y))
+    y = nn.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, blocks in enumerate(self.stage_sizes):
+      for i in range(blocks):
+        strides = 2 if (stage > 0 and i == 0) else 1
+        y = _Bottleneck(64 * 2 ** stage, strides, self.bn_momentum, self.bn_epsilon,
+                        self.dtype, name=f"layer{stage + 1}_{i}")(y, train)
+    features = jnp.mean(y.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    return _head(features, self.num_classes, self.dtype, return_features)
+
+
 _FACTORIES = {
     "wrn28_2": lambda c, dtype: WideResNet(depth=28, width=2, num_classes=c,
                                            dtype=dtype),
     "wrn28_8": lambda c, dtype: WideResNet(depth=28, width=8, num_classes=c,
                                            dtype=dtype),
     "cnn_small": lambda c, dtype: SmallCNN(num_classes=c, dtype=dtype),
+    "resnet50": lambda c, dtype: ResNet50(num_classes=c, dtype=dtype),
 }
 
 MODEL_NAMES = tuple(_FACTORIES)
 
 
 def create_model(name: str, num_classes: int, dtype: Dtype = jnp.float32) -> nn.Module:
-  """Builds a model by name: 'wrn28_2', 'wrn28_8' or 'cnn_small'.
+  """Builds a model by name: 'wrn28_2', 'wrn28_8', 'cnn_small' or 'resnet50'.
 
   Args:
     name: architecture name, one of ``MODEL_NAMES``.
