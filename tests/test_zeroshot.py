@@ -1,0 +1,159 @@
+"""Tests of dlpl_jax.zeroshot: readers, the confidence split, training-free debiasing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dlpl_jax import zeroshot
+from dlpl_jax.errors import UsageError
+
+C, PER_CLASS = 10, 200
+
+
+def _synthetic(seed=0):
+  """Balanced labels; logits = clean class evidence + log(prior), prior 100:1."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(C), PER_CLASS)
+  prior = 100.0 ** (-np.arange(C) / (C - 1))
+  prior /= prior.sum()
+  evidence = 2.0 * np.eye(C)[labels] + rng.normal(size=(len(labels), C))
+  return (evidence + np.log(prior)).astype(np.float32), labels, evidence
+
+
+def _removes_prior(pred, labels, before, clean_top1):
+  s = zeroshot.share_stats(pred, C, labels)
+  return (s["kl_to_uniform"] < 0.1 and s["max_min_ratio"] is not None
+          and s["max_min_ratio"] < 4 and s["top1"] > before["top1"] + 0.2
+          and s["top1"] > clean_top1 - 0.05)
+
+
+def test_debiasing_removes_a_known_prior():
+  logits, labels, evidence = _synthetic()
+  before = zeroshot.share_stats(logits.argmax(1), C, labels)
+  clean_top1 = float((evidence.argmax(1) == labels).mean())
+  assert before["kl_to_uniform"] > 0.5 and before["never_predicted"] >= 1
+  d = zeroshot.debias_set(logits, tau=1.0)
+  # The marginal is the set's mean softmax, skewed toward the head classes.
+  np.testing.assert_allclose(d.marginal.sum(), 1.0, rtol=1e-5)
+  assert np.all(np.diff(d.marginal[[0, 4, 9]]) < 0)
+  assert _removes_prior(d.pseudo_labels, labels, before, clean_top1)
+  # The same check fails with the sign flipped (logits + tau * log p̂) ...
+  flipped = zeroshot.debias_set(logits, tau=1.0, marginal=1.0 / d.marginal)
+  assert not _removes_prior(flipped.pseudo_labels, labels, before, clean_top1)
+  # ... and without debiasing (tau = 0 is the zero-shot prediction itself).
+  plain = zeroshot.debias_set(logits, tau=0.0)
+  np.testing.assert_array_equal(plain.pseudo_labels, logits.argmax(1))
+  assert not _removes_prior(plain.pseudo_labels, labels, before, clean_top1)
+
+
+def test_set_marginal_is_mean_softmax_across_chunks(monkeypatch):
+  logits, _, _ = _synthetic()
+  monkeypatch.setattr(zeroshot, "_CHUNK", 333)  # uneven chunks
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  np.testing.assert_allclose(zeroshot.set_marginal(logits), p.mean(0), rtol=1e-5)
+
+
+def test_share_stats_by_hand():
+  s = zeroshot.share_stats(np.array([0, 0, 0, 1]), 3, np.array([0, 1, 2, 1]))
+  assert s["share"] == [0.75, 0.25, 0.0]
+  assert s["never_predicted"] == 1 and s["max_min_ratio"] is None
+  assert s["top1"] == 0.5
+  assert s["precision"] == [1 / 3, 1.0, None] and s["recall"] == [1.0, 0.5, 0.0]
+  np.testing.assert_allclose(
+      s["kl_to_uniform"], 0.75 * np.log(0.75 * 3) + 0.25 * np.log(0.25 * 3))
+  np.testing.assert_allclose(  # true share 1/4, 1/2, 1/4
+      s["kl_to_true_share"], 0.75 * np.log(3) + 0.25 * np.log(0.5))
+
+
+def test_read_csv(tmp_path):
+  path = tmp_path / "CLIPPseudoLabel0.95.csv"
+  path.write_text(",Index,PseudoLabel,Probs\n0,12,3,0.97\n1,5,0,0.991\n2,7,3,0.5\n")
+  zs = zeroshot.read_csv(str(path), num_classes=5)
+  np.testing.assert_array_equal(zs.index, [12, 5, 7])
+  np.testing.assert_array_equal(zs.pseudo_labels, [3, 0, 3])
+  np.testing.assert_allclose(zs.confidence, [0.97, 0.991, 0.5])
+  assert zs.logits is None and zs.labels is None
+  split = zeroshot.split_by_confidence(zs.pseudo_labels, zs.confidence)
+  np.testing.assert_array_equal(zs.index[split.labeled], [12, 5])
+  # write_csv writes what read_csv reads.
+  back = tmp_path / "back.csv"
+  zeroshot.write_csv(str(back), zs.index, zs.pseudo_labels, zs.confidence)
+  again = zeroshot.read_csv(str(back))
+  np.testing.assert_array_equal(again.index, zs.index)
+  np.testing.assert_allclose(again.confidence, zs.confidence, rtol=1e-6)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("Index,Label,Probs\n0,1,0.9\n", "no column 'PseudoLabel'"),
+    ("Index,PseudoLabel,Probs\n0,7,0.9\n", r"PseudoLabel 7 \(row 0\) is outside \[0, 5\)"),
+    ("Index,PseudoLabel,Probs\n0,-1,0.9\n", "PseudoLabel -1"),
+    ("Index,PseudoLabel,Probs\n0,1,nan\n", "Probs nan"),
+    ("Index,PseudoLabel,Probs\n0,1,1.5\n", "Probs 1.5"),
+    ("Index,PseudoLabel,Probs\n0,1.5,0.9\n", "column PseudoLabel: '1.5' is not an integer"),
+    ("Index,PseudoLabel,Probs\n3,1,0.9\n3,2,0.8\n", "Index 3 appears 2 times"),
+    ("Index,PseudoLabel,Probs\n", "no rows"),
+    ("", "is empty"),
+])
+def test_read_csv_refuses_bad_input(tmp_path, text, match):
+  path = tmp_path / "bad.csv"
+  path.write_text(text)
+  with pytest.raises(UsageError, match=match) as e:
+    zeroshot.read_csv(str(path), num_classes=5)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"scores": np.zeros((2, 3), np.float32)}, "no 'logits' array"),
+    ({"logits": np.zeros(3, np.float32)}, r"logits must be \[N >= 1, C >= 2\]"),
+    ({"logits": np.array([[0, 1], [np.nan, 0]], np.float32)}, "logits of row 1"),
+    ({"logits": np.zeros((2, 3), np.float32), "labels": np.array([0, 3])},
+     r"label 3 \(row 1\) is outside \[0, 3\)"),
+    ({"logits": np.zeros((2, 3), np.float32), "labels": np.array([0.0, 1.0])},
+     "labels must be"),
+    ({"logits": np.zeros((2, 3), np.int64)}, "floating point"),
+])
+def test_read_npz_refuses_bad_input(tmp_path, arrays, match):
+  path = tmp_path / "bad.npz"
+  np.savez(path, **arrays)
+  with pytest.raises(UsageError, match=match):
+    zeroshot.read_npz(str(path))
+
+
+def test_split_top_k_per_class():
+  pred = np.array([0, 0, 0, 1, 1, 2])
+  conf = np.array([0.5, 0.9, 0.7, 0.99, 0.2, 0.96])
+  s = zeroshot.split_by_confidence(pred, conf, threshold=None, top_k_per_class=2)
+  np.testing.assert_array_equal(s.labeled, [1, 2, 3, 4, 5])
+  s = zeroshot.split_by_confidence(pred, conf, threshold=0.95, top_k_per_class=2)
+  np.testing.assert_array_equal(s.labeled, [3, 5])
+  np.testing.assert_array_equal(s.unlabeled, [0, 1, 2, 4])
+  with pytest.raises(UsageError, match="threshold must lie"):
+    zeroshot.split_by_confidence(pred, conf, threshold=1.5)
+
+
+def test_command(tmp_path, capsys):
+  logits, labels, _ = _synthetic()
+  npz = tmp_path / "preds.npz"
+  np.savez(npz, logits=logits, labels=labels, image_ids=np.arange(len(labels)) + 100)
+  out = tmp_path / "out"
+  assert zeroshot.main(["--logits", str(npz), "--tau", "1.0,0.4", "--out", str(out),
+                        "--split_threshold", "0.5"]) == 0
+  printed = capsys.readouterr().out
+  assert "zero-shot: top-1" in printed and "debiased τ=1: top-1" in printed
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["after"]["1"]["top1"] > summary["before"]["top1"] + 0.2
+  assert summary["after"]["1"]["kl_to_uniform"] < summary["before"]["kl_to_uniform"]
+  assert set(summary["after"]) == {"1", "0.4"}
+  assert (out / "zeroshot_bias.png").stat().st_size > 10_000
+  labeled = zeroshot.read_csv(str(out / "pseudo_labeled.csv"), C)
+  unlabeled = zeroshot.read_csv(str(out / "unlabeled.csv"), C)
+  assert len(labeled.index) + len(unlabeled.index) == len(labels)
+  assert len(labeled.index) == summary["split"]["pseudo_labeled"]
+  assert labeled.confidence.min() >= 0.5 > unlabeled.confidence.max()
+  # Bad input: one line on stderr, status 2.
+  assert zeroshot.main(["--logits", str(tmp_path / "absent.npz")]) == 2
+  assert zeroshot.main(["--logits", str(npz), "--tau", "-1"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 2 and "cannot read" in err and "tau" in err
