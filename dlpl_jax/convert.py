@@ -167,6 +167,8 @@ def strip_prefix(state_dict: Mapping[str, Any],
   plain = {}
   for k, v in state_dict.items():
     plain[k[len("module."):] if k.startswith("module.") else k] = (k, v)
+  if prefix is not None and prefix.startswith("module."):
+    prefix = prefix[len("module."):]
   if prefix is None:
     prefix = next((p for p in PREFIXES if f"{p}conv1.weight" in plain), None)
     if prefix is None:

@@ -195,6 +195,8 @@ def test_debiaspl_checkpoint_prefix(sd):
   # ... and the EMA teacher on request.
   ema = convert.convert_state_dict(ckpt, prefix="ema.backbone.")
   np.testing.assert_array_equal(ema.variables["params"]["bn1"]["scale"], 0.0)
+  ema = convert.convert_state_dict(ckpt, prefix="module.ema.backbone.")
+  np.testing.assert_array_equal(ema.variables["params"]["bn1"]["scale"], 0.0)
 
 
 @pytest.mark.parametrize("edit, match", [
