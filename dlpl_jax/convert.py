@@ -43,7 +43,8 @@ Prefixes. A checkpoint's keys often carry a wrapper's prefix. The rule, in order
    state dict; otherwise the file is the state dict.
 2. A leading ``module.`` (DataParallel / DistributedDataParallel) is removed from
    every key.
-3. The backbone prefix is ``--prefix`` when given, else the first of
+3. The backbone prefix is ``--prefix`` when given (a leading ``module.`` in it is
+   dropped as well), else the first of
    :data:`PREFIXES` (``encoder_q.`` of MoCo, ``main.backbone.`` of the DebiasPL
    code, ``encoder.``, ``backbone.``, ``model.``, none) for which
    ``<prefix>conv1.weight`` exists. Keys under it are the network; keys outside it
