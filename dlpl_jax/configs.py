@@ -24,6 +24,28 @@ NON_TRAINING_KEYS = ("data_dir", "eval_every", "eval_batch_size", "eval_examples
                      "log_every", "checkpoint_every", "keep_checkpoints", "progress")
 # Classes, training images per class and test images of the datasets the configs name.
 KNOWN_DATASETS = {"cifar10": (10, 5000, 10000), "cifar100": (100, 500, 10000)}
+LR_SCHEDULES = ("fixmatch", "warmup_cosine")
+# The ImageNet recipe's training options and their defaults, all OFF: with these values
+# the step is the CIFAR step exactly. Code that takes a plain namespace as its config reads
+# a missing key as this default, and a stored run whose config.json predates a key is
+# compared as if it held this default (it was trained with the option off).
+RECIPE_DEFAULTS = {
+    "teacher": False,            # an EMA teacher gives the weak-view logits
+    "teacher_momentum": 0.999,   # its EMA momentum (params and BN statistics)
+    "num_views": 1,              # K weak and K strong views per unlabeled image
+    "cld_weight": 0.0,           # weight of the CLD loss; 0 = off
+    "cld_temperature": 0.07,     # its temperature
+    "lr_schedule": "fixmatch",   # fixmatch | warmup_cosine
+    "warmup_steps": 0,           # warmup_cosine: linear warm-up steps
+    "lr_update_every": 1,        # warmup_cosine: the cosine changes every N steps
+    "weight_decay_all": False,   # decay every parameter, not only conv/dense kernels
+    "init_checkpoint": "",       # initial weights from this file; "" = random init
+}
+
+
+def recipe_option(config, key: str):
+  """``config.key``, or its :data:`RECIPE_DEFAULTS` value when the config lacks it."""
+  return getattr(config, key, RECIPE_DEFAULTS[key])
 
 
 def get_base_config() -> "ml_collections.ConfigDict":
@@ -57,10 +79,27 @@ def get_base_config() -> "ml_collections.ConfigDict":
   c.momentum = 0.9
   c.nesterov = True
   c.weight_decay = 5e-4          # on conv/dense kernels, added to the gradient (PyTorch SGD)
-  c.cosine_factor = 7.0 / 16.0   # lr * cos(pi * factor * step / total_steps)
+  c.cosine_factor = 7.0 / 16.0   # lr * cos(pi * factor * step / total_steps) (lr_schedule
+                                 # fixmatch)
   c.ema_decay = 0.999            # EMA of the weights, used for evaluation
   c.total_steps = 2**20
   c.seed = 0                     # model init and the per-step randomness
+  # --- the ImageNet recipe's options (docs/METHOD.md); the defaults are all off -------
+  c.teacher = False              # True: an EMA teacher (params AND BN statistics) run in
+                                 # eval mode gives the weak-view logits; False: the student
+                                 # in train mode (FixMatch)
+  c.teacher_momentum = 0.999     # the teacher's EMA momentum
+  c.num_views = 1                # K weak and K strong views per unlabeled image (official: 2)
+  c.cld_weight = 0.0             # CLD loss weight, 0 = off (official: 0.3; 0.1 at 0.2%)
+  c.cld_temperature = 0.07       # CLD temperature
+  c.lr_schedule = "fixmatch"     # fixmatch: the cosine above | warmup_cosine: linear warm-up,
+                                 # then lr * (1 + cos(pi * progress)) / 2
+  c.warmup_steps = 0             # warmup_cosine only: steps of linear warm-up
+  c.lr_update_every = 1          # warmup_cosine only: the cosine changes every N steps
+                                 # (official: once per epoch = the steps of one epoch)
+  c.weight_decay_all = False     # True: decay every parameter (BN scales, biases), as
+                                 # torch.optim.SGD(model.parameters(), weight_decay=...)
+  c.init_checkpoint = ""         # .npz / .msgpack of {params, batch_stats}; "" = random init
   # --- evaluation, logging, checkpoints -----------------------------------------------
   c.eval_every = 1024            # FixMatch evaluates every 2^16 images = 1024 steps
   c.eval_batch_size = 1000
@@ -120,6 +159,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c[k] > 0, f"{k} must be > 0, got {c[k]}")
   need(c.eval_examples >= 0, f"eval_examples must be >= 0 (0 = the whole test split), "
                              f"got {c.eval_examples}")
+  _validate_recipe(c, need, finite)
   need(c.lt.unlabeled_profile in UNLABELED_PROFILES,
        f"lt.unlabeled_profile must be one of {UNLABELED_PROFILES}, got {c.lt.unlabeled_profile!r}")
   finite("lt.gamma", 1)
@@ -146,12 +186,48 @@ def validate(c: ml_collections.ConfigDict) -> None:
                                     f"test images of {c.dataset}")
 
 
+def _validate_recipe(c, need, finite) -> None:
+  """The ImageNet recipe's options (see :data:`RECIPE_DEFAULTS`)."""
+  def is_bool(k):
+    need(isinstance(c[k], bool), f"{k} must be True or False, got {c[k]!r}")
+
+  def is_int(k, lo):
+    v = c[k]
+    need(isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+         f"{k} must be an integer >= {lo}, got {v!r}")
+
+  is_bool("teacher")
+  finite("teacher_momentum", 0, 1)
+  is_int("num_views", 1)
+  finite("cld_weight", 0)
+  finite("cld_temperature", 0, lo_open=True)
+  need(c.lr_schedule in LR_SCHEDULES,
+       f"lr_schedule must be one of {LR_SCHEDULES}, got {c.lr_schedule!r}")
+  is_int("warmup_steps", 0)
+  is_int("lr_update_every", 1)
+  if c.lr_schedule == "fixmatch":
+    need(c.warmup_steps == 0 and c.lr_update_every == 1,
+         f"warmup_steps = {c.warmup_steps} and lr_update_every = {c.lr_update_every} apply "
+         "to lr_schedule='warmup_cosine' only; with 'fixmatch' leave them at 0 and 1")
+  else:
+    need(c.warmup_steps < c.total_steps,
+         f"warmup_steps = {c.warmup_steps} must be below total_steps = {c.total_steps}")
+  is_bool("weight_decay_all")
+  need(isinstance(c.init_checkpoint, str),
+       f"init_checkpoint must be a file path or '', got {c.init_checkpoint!r}")
+  if c.init_checkpoint:
+    need(os.path.isfile(c.init_checkpoint),
+         f"init_checkpoint = {c.init_checkpoint!r} is not a file")
+
+
 def training_diff(stored: dict, current: dict) -> list[tuple[str, object, object]]:
   """Keys whose value changes what is trained, as ``(key, stored, current)``.
 
   Args:
     stored, current: config dicts (``ConfigDict.to_dict()`` or a parsed config.json);
-      nested dicts are compared by dotted key. :data:`NON_TRAINING_KEYS` are ignored.
+      nested dicts are compared by dotted key. :data:`NON_TRAINING_KEYS` are ignored. A
+      key of :data:`RECIPE_DEFAULTS` that ``stored`` lacks (a run from before the key
+      existed) counts as its default value.
 
   Examples:
     >>> training_diff({"lr": 0.03, "log_every": 1}, {"lr": 0.1, "log_every": 5})
@@ -163,6 +239,7 @@ def training_diff(stored: dict, current: dict) -> list[tuple[str, object, object
       out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
     return out
   a, b = flat(stored), flat(current)
+  a.update({k: v for k, v in RECIPE_DEFAULTS.items() if k in b and k not in a})
   return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
           if k not in NON_TRAINING_KEYS and a.get(k) != b.get(k)]
 

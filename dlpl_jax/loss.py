@@ -161,3 +161,77 @@ def adaptive_margin(
   tau = _checks.guard_tau(tau, logits.dtype)
   shifted = logits + tau * log_marginal(marginal).astype(logits.dtype)
   return cross_entropy(shifted, labels)
+
+
+def cld_loss(
+    strong_logits: ArrayLike,
+    weak_logits: ArrayLike,
+    temperature: float = 0.07,
+) -> jax.Array:
+  r"""Cross-level discrimination (CLD) loss, per example, as the official DebiasPL code.
+
+  Instances of the strong view are discriminated against groups formed by the weak
+  view, in probability space. With :math:`p^s = \mathrm{softmax}(z_s)` and
+  :math:`p^w = \mathrm{softmax}(\mathrm{sg}(z_w))`:
+
+  .. math::
+    g_i = \arg\min_c p^w_{ic}, \qquad
+    \mu_k = \frac{\sum_{i: g_i = k} p^w_i}{\max(1, |\{i: g_i = k\}|)}, \qquad
+    \ell_i = \mathrm{CE}\big(p^s_i \mu^\top / T,\; g_i\big)
+
+  The groups are the ARGMIN class of the weak probabilities, as the official code's
+  centroid function computes them (``prob.argmin(dim=1)``); there are C groups, an empty
+  group's centroid is zero. No gradient reaches the weak logits (nor the centroids); the
+  gradient flows through :math:`p^s` only.
+
+  Args:
+    strong_logits: ``[B, C]`` logits of the strong view(s) (bfloat16 is computed in
+      float32).
+    weak_logits: ``[B, C]`` logits of the weak view(s) of the same images.
+    temperature: :math:`T > 0` (0.07 in the official recipe).
+
+  Returns:
+    ``[B]`` float32 per-example losses; the official loss is their mean.
+
+  Raises:
+    ValueError: wrong ranks, different shapes, ``B = 0``, a temperature that is not a
+      finite number ``> 0``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from dlpl_jax.loss import cld_loss
+    >>> weak = jnp.array([[2.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    >>> strong = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> print(cld_loss(strong, weak, temperature=1.0).round(4))
+    [0.8944 0.8944]
+
+  References:
+    Wang, Liu, Yu, Unsupervised Feature Learning by Cross-Level Instance-Group
+    Discrimination, CVPR 2021, https://arxiv.org/abs/2008.03813; used on the unlabeled
+    images by DebiasPL's ImageNet recipe, https://arxiv.org/abs/2201.01490.
+  """
+  strong_logits = jnp.asarray(strong_logits)
+  weak_logits = jnp.asarray(weak_logits)
+  _checks.check_rank("strong_logits", strong_logits, 2, "[B, C]")
+  _checks.check_rank("weak_logits", weak_logits, 2, "[B, C]")
+  _checks.check_float("strong_logits", strong_logits)
+  _checks.check_float("weak_logits", weak_logits)
+  if strong_logits.shape != weak_logits.shape:
+    raise ValueError(
+        f"strong_logits {strong_logits.shape} and weak_logits {weak_logits.shape} must "
+        "have the same shape [B, C]")
+  _checks.check_batch("strong_logits", strong_logits)
+  if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+      or not temperature > 0 or temperature == float("inf")):
+    raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+  dtype = jnp.promote_types(_checks.compute_dtype(strong_logits),
+                            _checks.compute_dtype(weak_logits))
+  num_classes = strong_logits.shape[-1]
+  prob_s = jax.nn.softmax(strong_logits.astype(dtype), axis=-1)
+  prob_w = jax.nn.softmax(jax.lax.stop_gradient(weak_logits.astype(dtype)), axis=-1)
+  groups = jnp.argmin(prob_w, axis=-1).astype(jnp.int32)
+  members = jax.nn.one_hot(groups, num_classes, dtype=dtype)             # [B, K]
+  counts = jnp.maximum(jnp.sum(members, axis=0), 1.0)                     # [K]
+  centroids = (members.T @ prob_w) / counts[:, None]                      # [K, C]
+  affinity = prob_s @ centroids.T                                         # [B, K]
+  return cross_entropy(affinity / temperature, groups)

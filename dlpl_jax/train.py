@@ -7,15 +7,27 @@ Data parallelism is jax.jit over a 1-D device mesh with a ``"data"`` axis: the s
 the in-memory datasets are replicated, each step's batch is sharded along ``"data"``.
 The formulas are written in the global view, so batch-norm statistics, the losses and
 the class-marginal update are over the GLOBAL batch (the same numbers on 1 or N devices).
+
+The ImageNet recipe's options (docs/METHOD.md; all off by default, and then the step is
+the CIFAR step exactly): an EMA teacher of the params and BN statistics that gives the
+weak-view logits (``teacher``), K weak and K strong views (``num_views``), the CLD loss
+(``cld_weight``), linear warm-up then a half cosine (``lr_schedule``), weight decay on
+every parameter (``weight_decay_all``) and initial weights from a file
+(``init_checkpoint``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
+import flax
+import flax.core
 import flax.linen as nn
+import flax.serialization
+import flax.traverse_util
 from flax.training import train_state
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -27,7 +39,9 @@ from dlpl_jax import augment
 from dlpl_jax import configs
 from dlpl_jax import loss as loss_lib
 from dlpl_jax import models
+from dlpl_jax import multiview
 from dlpl_jax import pseudo_label
+from dlpl_jax.errors import UsageError
 
 
 class TrainState(train_state.TrainState):
@@ -48,6 +62,20 @@ class TrainState(train_state.TrainState):
   confusion_masked: jax.Array
 
 
+class TeacherTrainState(TrainState):
+  """The train state of a run with an EMA teacher (``config.teacher``), plus:
+
+  Attributes:
+    teacher_params, teacher_batch_stats: the EMA (``teacher_momentum``) of the params
+      and of the BN statistics, which gives the weak-view logits in eval mode.
+
+  A separate class, so that a run without the teacher keeps :class:`TrainState`'s
+  checkpoint layout exactly.
+  """
+  teacher_params: Any
+  teacher_batch_stats: Any
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """The static (hashable) numbers of a train step."""
@@ -60,16 +88,62 @@ class StepConfig:
   lambda_u: float
   ema_decay: float
   seed: int
+  teacher: bool = False
+  teacher_momentum: float = 0.999
+  num_views: int = 1
+  cld_weight: float = 0.0
+  cld_temperature: float = 0.07
 
   @classmethod
   def from_config(cls, c) -> "StepConfig":
+    opt = functools.partial(configs.recipe_option, c)
     return cls(c.num_classes, c.batch_size, c.mu, configs.effective_tau(c), c.threshold,
-               c.marginal_momentum, c.lambda_u, c.ema_decay, c.seed)
+               c.marginal_momentum, c.lambda_u, c.ema_decay, c.seed,
+               bool(opt("teacher")), float(opt("teacher_momentum")), int(opt("num_views")),
+               float(opt("cld_weight")), float(opt("cld_temperature")))
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-  """FixMatch's lr * cos(pi * cosine_factor * step / total_steps)."""
+  """The config's learning rate per step (``lr_schedule``).
+
+  ``fixmatch``: FixMatch's lr * cos(pi * cosine_factor * step / total_steps).
+  ``warmup_cosine``: the official ImageNet recipe's, see :func:`warmup_cosine_schedule`.
+  """
+  if configs.recipe_option(config, "lr_schedule") == "warmup_cosine":
+    return warmup_cosine_schedule(config.lr, configs.recipe_option(config, "warmup_steps"),
+                                  config.total_steps,
+                                  configs.recipe_option(config, "lr_update_every"))
   return _schedule(config.lr, config.cosine_factor, config.total_steps)
+
+
+@functools.lru_cache(maxsize=None)
+def warmup_cosine_schedule(lr: float, warmup_steps: int, total_steps: int,
+                           update_every: int = 1) -> optax.Schedule:
+  r"""Linear warm-up, then a half cosine to 0, as the official ImageNet recipe.
+
+  .. math::
+    \eta(k) = egin{cases}
+      \eta_0 \, rac{k + 1}{W} & k < W \
+      \eta_0 \, 	frac12 ig(1 + \cos(\pi \, \mathrm{clip}(rac{\lfloor k / E 
+floor E - W}{K - W}, 0, 1))ig) & k \ge W
+    \end{cases}
+
+  for update ``k`` (0-based; the warm-up's first step already uses ``lr / W``), ``W``
+  warm-up steps, ``K`` total steps and the cosine held for ``E = update_every`` steps
+  (the official code sets it once per epoch: ``E`` = the steps of one epoch, ``W`` = 5
+  epochs; ``E = 1`` changes it every step). Cached, so an equal config gives the same
+  function object (the optimizer is a static part of the TrainState).
+  """
+  warmup = max(int(warmup_steps), 1)
+  span = max(int(total_steps) - int(warmup_steps), 1)
+
+  def schedule(step):
+    held = (step // update_every) * update_every
+    progress = jnp.clip((held - warmup_steps) / span, 0.0, 1.0)
+    cosine = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    ramp = lr * jnp.minimum(step + 1, warmup) / warmup
+    return jnp.where(step < warmup_steps, ramp, cosine)
+  return schedule
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,23 +161,23 @@ def _decay_mask(params):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """SGD with Nesterov momentum and FixMatch's cosine schedule; weight decay is added
-  to the gradient before momentum (coupled, as torch.optim.SGD(weight_decay=...) in
-  FixMatch-pytorch), on kernels only.
+  """SGD with (Nesterov) momentum and the config's schedule; weight decay is added to
+  the gradient before momentum (coupled, as torch.optim.SGD(weight_decay=...) in
+  FixMatch-pytorch), on kernels only, or on every parameter with ``weight_decay_all``
+  (as the official ImageNet code's SGD over ``model.parameters()``).
 
   Cached on the config's numbers: the optimizer is a static part of the TrainState's
   tree structure, so an equal config must give the same object for jit's cache to hit.
   """
-  return _optimizer(config.lr, config.cosine_factor, config.total_steps,
-                    config.weight_decay, config.momentum, config.nesterov)
+  return _optimizer(learning_rate_schedule(config), config.weight_decay, config.momentum,
+                    config.nesterov, bool(configs.recipe_option(config, "weight_decay_all")))
 
 
 @functools.lru_cache(maxsize=None)
-def _optimizer(lr, cosine_factor, total_steps, weight_decay, momentum, nesterov):
+def _optimizer(schedule, weight_decay, momentum, nesterov, decay_all):
   return optax.chain(
-      optax.add_decayed_weights(weight_decay, mask=_decay_mask),
-      optax.sgd(_schedule(lr, cosine_factor, total_steps), momentum=momentum,
-                nesterov=nesterov))
+      optax.add_decayed_weights(weight_decay, mask=None if decay_all else _decay_mask),
+      optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
 
 
 def build_model(config) -> nn.Module:
@@ -117,19 +191,103 @@ def _model(name: str, num_classes: int, dtype: str) -> nn.Module:
                              dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
 
 
+def load_variables_file(path: str) -> dict:
+  """Model variables ``{"params": ..., "batch_stats": ...}`` (nested dicts) from a file.
+
+  ``.npz``: one array per leaf, keyed by its ``/``-joined path
+  (``params/conv0/kernel``); ``.msgpack``: ``flax.serialization.msgpack_serialize`` of the
+  variables dict; any other file (a PyTorch ``.pth``) goes to
+  ``dlpl_jax.convert.load_variables``.
+
+  Raises:
+    UsageError: the file is missing, unreadable, or of a kind no loader reads.
+  """
+  if not os.path.isfile(path):
+    raise UsageError(f"init_checkpoint {path!r} is not a file")
+  try:
+    if path.endswith(".npz"):
+      with np.load(path, allow_pickle=False) as f:
+        flat = {tuple(k.split("/")): np.asarray(f[k]) for k in f.files}
+      return flax.traverse_util.unflatten_dict(flat)
+    if path.endswith(".msgpack"):
+      with open(path, "rb") as f:
+        return flax.serialization.msgpack_restore(f.read())
+  except (OSError, ValueError) as e:
+    raise UsageError(f"init_checkpoint {path!r} cannot be read: {e}") from None
+  try:
+    from dlpl_jax import convert  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UsageError(f"init_checkpoint {path!r}: no loader for this kind of file; give "
+                     "an .npz or .msgpack of {params, batch_stats}") from None
+  return convert.load_variables(path)
+
+
+def merge_variables(variables: dict, loaded: dict, source: str = "init_checkpoint"):
+  """``variables`` with every leaf that ``loaded`` holds replaced by the loaded array.
+
+  Leaves of ``variables`` that ``loaded`` lacks keep their value (e.g. the classifier
+  of a self-supervised checkpoint, which has none). Loaded arrays are cast to the
+  model's dtype.
+
+  Args:
+    variables: the model's ``{"params": ..., "batch_stats": ...}`` (nested dicts).
+    loaded: the same kind of dict from a file; collections other than ``params`` and
+      ``batch_stats`` are refused.
+
+  Returns:
+    ``(merged, names)``: the merged variables and the sorted ``/``-joined paths loaded.
+
+  Raises:
+    UsageError: a loaded path the model does not have, or a shape that differs from the
+      model's (naming both shapes), or a file with no leaf at all.
+  """
+  model_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/")
+  file_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded), sep="/")
+  if not file_flat:
+    raise UsageError(f"{source} holds no arrays")
+  unknown = sorted(k for k in file_flat if k not in model_flat)
+  if unknown:
+    raise UsageError(f"{source} holds {len(unknown)} arrays the model does not have, e.g. "
+                     f"{', '.join(unknown[:3])}; is it a checkpoint of this model?")
+  for k, v in file_flat.items():
+    if tuple(np.shape(v)) != tuple(model_flat[k].shape):
+      raise UsageError(f"{source}: {k} has shape {tuple(np.shape(v))}, the model's has "
+                       f"{tuple(model_flat[k].shape)}")
+  merged = {k: (jnp.asarray(file_flat[k], model_flat[k].dtype) if k in file_flat else v)
+            for k, v in model_flat.items()}
+  return flax.traverse_util.unflatten_dict(merged, sep="/"), sorted(file_flat)
+
+
 def create_train_state(config, model: nn.Module, image_shape: tuple[int, ...]) -> TrainState:
-  """A fresh state: params from ``PRNGKey(seed)``, uniform marginal, zero counters."""
+  """A fresh state: params from ``PRNGKey(seed)`` (then the leaves of ``init_checkpoint``
+  when set), uniform marginal, zero counters; the EMA (and the teacher, when on) start
+  equal to the params and BN statistics.
+
+  A resumed run restores its checkpoint over this state, so the file's weights never
+  overwrite a checkpoint's.
+  """
   variables = model.init(jax.random.PRNGKey(config.seed),
                          jnp.zeros((2, *image_shape), jnp.uint8), train=False)
+  init_file = configs.recipe_option(config, "init_checkpoint")
+  if init_file:
+    variables, _ = merge_variables(
+        {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
+        load_variables_file(init_file), source=f"init_checkpoint {init_file!r}")
   params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
   c = config.num_classes
-  return TrainState.create(
+  fields = dict(
       apply_fn=model.apply, params=params, tx=make_optimizer(config),
-      batch_stats=variables.get("batch_stats", {}),
+      batch_stats=batch_stats,
       ema_params=jax.tree_util.tree_map(jnp.copy, params),
       marginal=jnp.full((c,), 1.0 / c, jnp.float32),
       confusion=jnp.zeros((c, c), jnp.float32),
       confusion_masked=jnp.zeros((c, c), jnp.float32))
+  if not configs.recipe_option(config, "teacher"):
+    return TrainState.create(**fields)
+  return TeacherTrainState.create(
+      **fields, teacher_params=jax.tree_util.tree_map(jnp.copy, params),
+      teacher_batch_stats=jax.tree_util.tree_map(jnp.copy, batch_stats))
 
 
 def _shard(x, mesh: Mesh | None):
@@ -141,6 +299,10 @@ def _shard(x, mesh: Mesh | None):
 def fixmatch_update(state: TrainState, key: jax.Array, x_l, y_l, x_u, y_u, *,
                     model: nn.Module, cfg: StepConfig, mesh: Mesh | None):
   """One FixMatch/DebiasPL update on a drawn batch (uint8 images, pre-augmentation).
+
+  Augments on the device (one weak view of the labeled images, ``cfg.num_views`` weak
+  and strong views of the unlabeled ones, each view with its own key), then
+  :func:`update_on_views`.
 
   Args:
     state: the train state.
@@ -154,23 +316,96 @@ def fixmatch_update(state: TrainState, key: jax.Array, x_l, y_l, x_u, y_u, *,
     ``(new_state, metrics)`` with scalar metrics.
   """
   k_l, k_w, k_s = jax.random.split(key, 3)
-  n_l, n_u = x_l.shape[0], x_u.shape[0]
-  images = jnp.concatenate([augment.weak(k_l, x_l), augment.weak(k_w, x_u),
-                            augment.strong(k_s, x_u)], axis=0)
+  if cfg.num_views == 1:  # the keys of the one-view step, unchanged
+    keys_w, keys_s = [k_w], [k_s]
+  else:
+    keys_w = list(jax.random.split(k_w, cfg.num_views))
+    keys_s = list(jax.random.split(k_s, cfg.num_views))
+  return update_on_views(state, augment.weak(k_l, x_l), y_l,
+                         [augment.weak(k, x_u) for k in keys_w],
+                         [augment.strong(k, x_u) for k in keys_s], y_u,
+                         model=model, cfg=cfg, mesh=mesh)
+
+
+def _as_views(views, name: str, num_views: int) -> list:
+  """A list of K ``[B, H, W, 3]`` arrays from a list or a ``[K, B, H, W, 3]`` array."""
+  if not isinstance(views, (list, tuple)):
+    if jnp.ndim(views) != 5:
+      raise ValueError(f"{name} must be a list of [B, H, W, 3] arrays or one "
+                       f"[K, B, H, W, 3] array, got shape {jnp.shape(views)}")
+    views = [views[k] for k in range(views.shape[0])]
+  if len(views) != num_views:
+    raise ValueError(f"{name}: {len(views)} views given, the config's num_views is "
+                     f"{num_views}")
+  return list(views)
+
+
+def update_on_views(state: TrainState, images_l, y_l, weak_views, strong_views, y_u, *,
+                    model: nn.Module, cfg: StepConfig, mesh: Mesh | None):
+  """One FixMatch/DebiasPL update on augmented views (pixels in [0, 255]).
+
+  The student sees, in one batch (so its BN statistics are over all of them): the
+  labeled view, the weak views (unless the teacher gives their logits) and the strong
+  views. With ``cfg.teacher`` the EMA teacher runs on the weak views in eval mode (its
+  own params and BN statistics, no gradient) and is updated after the step:
+  ``teacher = m teacher + (1 - m) student`` for the params AND the BN statistics, with
+  the student's values after this step, ``m = cfg.teacher_momentum``.
+
+  Args:
+    state: the train state.
+    images_l: ``[B, H, W, 3]`` the labeled view; y_l ``[B]`` its labels.
+    weak_views, strong_views: ``cfg.num_views`` views each of the unlabeled images: a
+      list of ``[B * mu, H, W, 3]`` arrays or one ``[K, B * mu, H, W, 3]`` array (e.g.
+      views made on the host).
+    y_u: ``[B * mu]`` the unlabeled images' true labels (monitoring only).
+    model, cfg, mesh: static.
+
+  Returns:
+    ``(new_state, metrics)`` with scalar metrics (``train/loss_cld`` only when the CLD
+    loss is on).
+  """
+  weak_views = _as_views(weak_views, "weak_views", cfg.num_views)
+  strong_views = _as_views(strong_views, "strong_views", cfg.num_views)
+  n_l, n_u, k = images_l.shape[0], weak_views[0].shape[0], cfg.num_views
+  if cfg.teacher != isinstance(state, TeacherTrainState):
+    raise ValueError(f"the step's teacher = {cfg.teacher} but the state is a "
+                     f"{type(state).__name__}; create it from the same config")
+  if cfg.teacher:
+    images = jnp.concatenate([images_l, *strong_views], axis=0)
+    teacher_in = _shard(jnp.concatenate(weak_views, axis=0), mesh)
+    teacher_logits = model.apply(
+        {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats},
+        teacher_in, train=False)
+    teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  else:
+    images = jnp.concatenate([images_l, *weak_views, *strong_views], axis=0)
   images = _shard(images, mesh)
 
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                   images, train=True, mutable=["batch_stats"])
     logits_l = logits[:n_l]
-    logits_w, logits_s = logits[n_l:n_l + n_u], logits[n_l + n_u:]
+    if cfg.teacher:
+      logits_w, logits_s = teacher_logits, logits[n_l:]
+    else:
+      logits_w, logits_s = logits[n_l:n_l + k * n_u], logits[n_l + k * n_u:]
     loss_x = jnp.mean(loss_lib.cross_entropy(logits_l, y_l))
-    u = pseudo_label.unlabeled_loss(logits_w, logits_s, state.marginal, cfg.tau,
-                                    cfg.threshold, cfg.marginal_momentum)
+    if k == 1:
+      u = pseudo_label.unlabeled_loss(logits_w, logits_s, state.marginal, cfg.tau,
+                                      cfg.threshold, cfg.marginal_momentum)
+    else:
+      u = multiview.multiview_unlabeled_loss(
+          logits_w.reshape(k, n_u, -1), logits_s.reshape(k, n_u, -1), state.marginal,
+          cfg.tau, cfg.threshold, cfg.marginal_momentum)
     total = loss_x + cfg.lambda_u * u.loss
-    return total, (updates["batch_stats"], loss_x, u)
+    loss_cld = None
+    if cfg.cld_weight > 0:
+      loss_cld = jnp.mean(loss_lib.cld_loss(*_cld_inputs(logits_w, logits_s, u, cfg),
+                                            temperature=cfg.cld_temperature))
+      total = total + cfg.cld_weight * loss_cld
+    return total, (updates["batch_stats"], loss_x, u, loss_cld)
 
-  grads, (batch_stats, loss_x, u) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (batch_stats, loss_x, u, loss_cld) = jax.grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
   d = cfg.ema_decay
   ema = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.ema_params,
@@ -183,18 +418,47 @@ def fixmatch_update(state: TrainState, key: jax.Array, x_l, y_l, x_u, y_u, *,
       batch_stats=batch_stats, ema_params=ema, marginal=u.marginal,
       confusion=state.confusion + confusion,
       confusion_masked=state.confusion_masked + confusion_masked)
+  if cfg.teacher:
+    new_state = new_state.replace(
+        teacher_params=teacher_update(state.teacher_params, new_state.params,
+                                      cfg.teacher_momentum),
+        teacher_batch_stats=teacher_update(state.teacher_batch_stats, batch_stats,
+                                           cfg.teacher_momentum))
   # Pseudo-label accuracy and class counts come from the confusion counters (one
   # definition, in dlpl_jax.metrics); the norm of the UPDATED params catches a step that
   # turned them non-finite while its loss (computed before the update) was finite.
+  total = loss_x + cfg.lambda_u * u.loss
+  if loss_cld is not None:
+    total = total + cfg.cld_weight * loss_cld
   metrics = {
-      "train/loss": loss_x + cfg.lambda_u * u.loss,
+      "train/loss": total,
       "train/loss_x": loss_x,
       "train/loss_u": u.loss,
       "train/mask_rate": jnp.mean(u.mask),
       "train/grad_norm": optax.global_norm(grads),
       "train/param_norm": optax.global_norm(new_state.params),
   }
+  if loss_cld is not None:
+    metrics["train/loss_cld"] = loss_cld
   return new_state, metrics
+
+
+def teacher_update(teacher, student, momentum: float):
+  """``m * teacher + (1 - m) * student`` leaf by leaf (params or BN statistics)."""
+  return jax.tree_util.tree_map(lambda t, s: momentum * t + (1 - momentum) * s,
+                                teacher, student)
+
+
+def _cld_inputs(logits_w, logits_s, u, cfg: StepConfig):
+  """The (strong, weak) logits the official code gives its CLD loss: with one view the
+  strong logits AFTER the margin shift (tau log p̂_new) and the weak logits; with K views
+  the mean of the K strong logits (unshifted) and the mean of the K weak logits."""
+  if cfg.num_views == 1:
+    shift = cfg.tau * loss_lib.log_marginal(u.marginal)
+    return logits_s.astype(jnp.float32) + shift, logits_w
+  n_u = logits_w.shape[0] // cfg.num_views
+  mean = lambda z: jnp.sum(z.reshape(cfg.num_views, n_u, -1).astype(jnp.float32), 0) / cfg.num_views
+  return mean(logits_s), mean(logits_w)
 
 
 def step_key(seed: int, step) -> jax.Array:
@@ -234,11 +498,22 @@ def train_step_streamed(state: TrainState, labeled: dict[str, jax.Array],
                         unlabeled: dict[str, jax.Array], *, model: nn.Module,
                         cfg: StepConfig, mesh: Mesh | None = None):
   """Like :func:`train_step`, with the unlabeled batch fed by the host (tf.data stream)
-  for datasets that do not fit in memory; ``unlabeled`` = {image [B*mu,...], label}."""
+  for datasets that do not fit in memory.
+
+  ``unlabeled`` is either ``{image [B*mu, H, W, 3], label [B*mu]}`` (the views are made
+  here, on the device), or ``{weak [K, B*mu, H, W, 3], strong [K, B*mu, H, W, 3],
+  label [B*mu]}``: views already made by the host (e.g. ImageNet's random-resized crops),
+  used as given, ``K = cfg.num_views``. The labeled view is made here in both cases.
+  """
   key = step_key(cfg.seed, state.step)
   k_idx_l, _, k_aug = jax.random.split(key, 3)
   il = _shard(jax.random.randint(k_idx_l, (cfg.batch_size,), 0, labeled["y_l"].shape[0]),
               mesh)
+  if "weak" in unlabeled:
+    k_l = jax.random.split(k_aug, 3)[0]  # the labeled view's key of fixmatch_update
+    return update_on_views(state, augment.weak(k_l, labeled["x_l"][il]), labeled["y_l"][il],
+                           unlabeled["weak"], unlabeled["strong"], unlabeled["label"],
+                           model=model, cfg=cfg, mesh=mesh)
   return fixmatch_update(state, k_aug, labeled["x_l"][il], labeled["y_l"][il],
                          unlabeled["image"], unlabeled["label"], model=model, cfg=cfg,
                          mesh=mesh)
