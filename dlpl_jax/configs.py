@@ -71,7 +71,7 @@ def get_base_config() -> "ml_collections.ConfigDict":
   c.threshold = 0.95
   c.lambda_u = 1.0
   # --- model and optimisation (FixMatch-RA) -----------------------------------------
-  c.model = "wrn28_2"            # wrn28_2 | wrn28_8 | cnn_small
+  c.model = "wrn28_2"            # wrn28_2 | wrn28_8 | cnn_small | resnet50
   c.dtype = "float32"            # float32 | bfloat16 (activations; params stay float32)
   c.batch_size = 64              # labeled images per step (global, over all devices)
   c.mu = 7                       # unlabeled / labeled ratio
@@ -99,7 +99,8 @@ def get_base_config() -> "ml_collections.ConfigDict":
                                  # (official: once per epoch = the steps of one epoch)
   c.weight_decay_all = False     # True: decay every parameter (BN scales, biases), as
                                  # torch.optim.SGD(model.parameters(), weight_decay=...)
-  c.init_checkpoint = ""         # .npz / .msgpack of {params, batch_stats}; "" = random init
+  c.init_checkpoint = ""         # initial {params, batch_stats}: a .msgpack written by
+                                 # python -m dlpl_jax.convert, or an .npz; "" = random init
   # --- evaluation, logging, checkpoints -----------------------------------------------
   c.eval_every = 1024            # FixMatch evaluates every 2^16 images = 1024 steps
   c.eval_batch_size = 1000
@@ -150,8 +151,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   finite("cosine_factor", 0, 0.5)  # above 1/2 the cosine turns the lr negative
   finite("ema_decay", 0, 1)
   need(c.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16, got {c.dtype!r}")
-  need(c.model in ("wrn28_2", "wrn28_8", "cnn_small"),
-       f"model must be wrn28_2, wrn28_8 or cnn_small, got {c.model!r}")
+  need(c.model in ("wrn28_2", "wrn28_8", "cnn_small", "resnet50"),
+       f"model must be wrn28_2, wrn28_8, cnn_small or resnet50, got {c.model!r}")
   need(c.batch_size > 0 and c.mu > 0, f"batch_size and mu must be > 0, got {c.batch_size}, {c.mu}")
   need(c.total_steps > 0, f"total_steps must be > 0, got {c.total_steps}")
   need(c.num_classes >= 2, f"num_classes must be >= 2, got {c.num_classes}")

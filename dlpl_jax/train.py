@@ -23,10 +23,7 @@ import functools
 import os
 from typing import Any
 
-import flax
-import flax.core
 import flax.linen as nn
-import flax.serialization
 import flax.traverse_util
 from flax.training import train_state
 import jax
@@ -194,68 +191,31 @@ def _model(name: str, num_classes: int, dtype: str) -> nn.Module:
 def load_variables_file(path: str) -> dict:
   """Model variables ``{"params": ..., "batch_stats": ...}`` (nested dicts) from a file.
 
-  ``.npz``: one array per leaf, keyed by its ``/``-joined path
-  (``params/conv0/kernel``); ``.msgpack``: ``flax.serialization.msgpack_serialize`` of the
-  variables dict; any other file (a PyTorch ``.pth``) goes to
-  ``dlpl_jax.convert.load_variables``.
+  ``.npz``: one array per leaf, keyed by its ``/``-joined Flax path
+  (``params/conv0/kernel``); any other file: ``flax.serialization.msgpack_serialize`` of
+  the variables, as ``python -m dlpl_jax.convert`` writes from a PyTorch checkpoint
+  (read by :func:`dlpl_jax.convert.load_variables`).
 
   Raises:
-    UsageError: the file is missing, unreadable, or of a kind no loader reads.
+    UsageError: the file is missing or unreadable, or an ``.npz`` whose keys are not
+      Flax variable paths (a PyTorch state dict: convert it first).
   """
+  from dlpl_jax import convert  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise UsageError(f"init_checkpoint {path!r} is not a file")
+  if not path.endswith(".npz"):
+    return convert.load_variables(path)
   try:
-    if path.endswith(".npz"):
-      with np.load(path, allow_pickle=False) as f:
-        flat = {tuple(k.split("/")): np.asarray(f[k]) for k in f.files}
-      return flax.traverse_util.unflatten_dict(flat)
-    if path.endswith(".msgpack"):
-      with open(path, "rb") as f:
-        return flax.serialization.msgpack_restore(f.read())
+    with np.load(path, allow_pickle=False) as f:
+      flat = {k: np.asarray(f[k]) for k in f.files}
   except (OSError, ValueError) as e:
     raise UsageError(f"init_checkpoint {path!r} cannot be read: {e}") from None
-  try:
-    from dlpl_jax import convert  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UsageError(f"init_checkpoint {path!r}: no loader for this kind of file; give "
-                     "an .npz or .msgpack of {params, batch_stats}") from None
-  return convert.load_variables(path)
-
-
-def merge_variables(variables: dict, loaded: dict, source: str = "init_checkpoint"):
-  """``variables`` with every leaf that ``loaded`` holds replaced by the loaded array.
-
-  Leaves of ``variables`` that ``loaded`` lacks keep their value (e.g. the classifier
-  of a self-supervised checkpoint, which has none). Loaded arrays are cast to the
-  model's dtype.
-
-  Args:
-    variables: the model's ``{"params": ..., "batch_stats": ...}`` (nested dicts).
-    loaded: the same kind of dict from a file; collections other than ``params`` and
-      ``batch_stats`` are refused.
-
-  Returns:
-    ``(merged, names)``: the merged variables and the sorted ``/``-joined paths loaded.
-
-  Raises:
-    UsageError: a loaded path the model does not have, or a shape that differs from the
-      model's (naming both shapes), or a file with no leaf at all.
-  """
-  model_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/")
-  file_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded), sep="/")
-  if not file_flat:
-    raise UsageError(f"{source} holds no arrays")
-  unknown = sorted(k for k in file_flat if k not in model_flat)
-  if unknown:
-    raise UsageError(f"{source} holds {len(unknown)} arrays the model does not have, e.g. "
-                     f"{', '.join(unknown[:3])}; is it a checkpoint of this model?")
-  for k, v in file_flat.items():
-    if tuple(np.shape(v)) != tuple(model_flat[k].shape):
-      raise UsageError(f"{source}: {k} has shape {tuple(np.shape(v))}, the model's has "
-                       f"{tuple(model_flat[k].shape)}")
-  merged = {k: (jnp.asarray(file_flat[k], model_flat[k].dtype) if k in file_flat else v)
-            for k, v in model_flat.items()}
-  return flax.traverse_util.unflatten_dict(merged, sep="/"), sorted(file_flat)
+  other = sorted(k for k in flat if k.split("/")[0] not in ("params", "batch_stats"))
+  if other:
+    raise UsageError(f"init_checkpoint {path!r}: keys such as {other[0]!r} are not Flax "
+                     "variable paths (params/..., batch_stats/...); convert a PyTorch "
+                     "state dict with python -m dlpl_jax.convert")
+  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def create_train_state(config, model: nn.Module, image_shape: tuple[int, ...]) -> TrainState:
@@ -270,9 +230,13 @@ def create_train_state(config, model: nn.Module, image_shape: tuple[int, ...]) -
                          jnp.zeros((2, *image_shape), jnp.uint8), train=False)
   init_file = configs.recipe_option(config, "init_checkpoint")
   if init_file:
-    variables, _ = merge_variables(
-        {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
-        load_variables_file(init_file), source=f"init_checkpoint {init_file!r}")
+    # Every array of the model from the file, shapes checked; only the classifier may
+    # be absent (a self-supervised checkpoint has none) and keeps its random init.
+    from dlpl_jax import convert  # pylint: disable=g-import-not-at-top
+    try:
+      variables = convert.init_variables(variables, load_variables_file(init_file))
+    except convert.ConversionError as e:
+      raise UsageError(f"init_checkpoint {init_file!r}: {e}") from None
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   c = config.num_classes
