@@ -500,3 +500,31 @@ def test_options_off_step_is_bit_identical_to_before():
                   jax.tree_util.tree_leaves(jax.device_get(ref))):
     np.testing.assert_array_equal(a, b)
   assert {k: float(v) for k, v in m_new.items()} == {k: float(v) for k, v in m_ref.items()}
+
+
+@pytest.mark.slow  # three short trainer runs (~35 s on a CPU)
+def test_trainer_with_every_option_resumes_to_the_uninterrupted_state(tmp_path):
+  from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
+  c0 = tiny()
+  fresh = train.create_train_state(c0, train.build_model(c0), SHAPE)
+  np.savez(tmp_path / "init.npz",
+           **{f"params/{k}": v + 0.01 for k, v in _flat(fresh.params).items()
+              if not k.startswith("classifier")},
+           **{f"batch_stats/{k}": v for k, v in _flat(fresh.batch_stats).items()})
+  c = tiny(total_steps=4, eval_every=2, log_every=1, checkpoint_every=2, eval_batch_size=8,
+           progress=False, teacher=True, num_views=2, cld_weight=0.3,
+           lr_schedule="warmup_cosine", warmup_steps=2, weight_decay_all=True,
+           nesterov=False, init_checkpoint=str(tmp_path / "init.npz"))
+  configs.validate(c)
+  data = input_pipeline.synthetic(labeled_per_class=2, unlabeled=64, test=8)
+  trainer.train_and_evaluate(c, str(tmp_path / "full"), data=data)
+  assert trainer.train_and_evaluate(c, str(tmp_path / "part"), data=data,
+                                    stop_at=2)["step"] == 2
+  assert trainer.train_and_evaluate(c, str(tmp_path / "part"), data=data)["step"] == 4
+  template = train.create_train_state(c, train.build_model(c), SHAPE)
+  full, _ = checkpoint.Checkpointer(str(tmp_path / "full"), 2, 3).restore_latest(template)
+  part, _ = checkpoint.Checkpointer(str(tmp_path / "part"), 2, 3).restore_latest(template)
+  assert isinstance(part, train.TeacherTrainState)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(full)),
+                  jax.tree_util.tree_leaves(jax.device_get(part))):
+    np.testing.assert_array_equal(a, b)
