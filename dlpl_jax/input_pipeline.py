@@ -1,9 +1,11 @@
 """The semi-supervised splits a run trains on, as in-memory NumPy arrays.
 
 ``load(config)`` reads the TFDS train and test splits once (via :mod:`dlpl_jax.data`),
-draws the labeled subset (N per class with a seed, or the CIFAR-LT protocol) and the
-unlabeled set, and returns an :class:`SSLData`. The trainer puts these arrays on the
-device and samples every step's batch there, so the host does no per-step work.
+or, when ``config.data_dir`` names a ``.npz`` file, the compact copy that
+:mod:`dlpl_jax.compact_data` wrote (NumPy only: TensorFlow is not imported), draws the
+labeled subset (N per class with a seed, or the CIFAR-LT protocol) and the unlabeled
+set, and returns an :class:`SSLData`. The trainer puts these arrays on the device and
+samples every step's batch there, so the host does no per-step work.
 ``synthetic(...)`` makes a small learnable stand-in (tests, benchmarks, no TensorFlow).
 """
 
@@ -13,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dlpl_jax import compact_data
 from dlpl_jax import data as data_lib
 from dlpl_jax.errors import UsageError
 
@@ -58,15 +61,36 @@ def select(config, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                  y_train[ui].astype(np.int32), x_test, y_test.astype(np.int32))
 
 
+def _load_compact(config) -> tuple[np.ndarray, ...]:
+  """The train and test splits of the compact file ``config.data_dir`` (no TensorFlow)."""
+  path = config.data_dir
+  stored = compact_data.read_meta(path)["dataset"]
+  if stored != config.dataset:
+    raise UsageError(f"{path} holds {stored!r} but config.dataset = {config.dataset!r}")
+  if not config.in_memory:
+    raise UsageError(f"config.data_dir = {path} is a compact file, which is read into "
+                     "memory: set config.in_memory = True (streaming reads TFDS)")
+  splits = compact_data.read(path, ("train", "test"))
+  return splits["train"] + splits["test"]
+
+
 def load(config) -> SSLData:
-  """Reads the config's TFDS dataset (never downloads) and selects the SSL splits.
+  """Reads the config's dataset (never downloads) and selects the SSL splits.
+
+  ``config.data_dir`` is a TFDS data directory ("" = $TFDS_DATA_DIR), or a ``.npz``
+  file written by :mod:`dlpl_jax.compact_data`, read with NumPy alone; the same images
+  in the same order give the same selection either way.
 
   Raises:
     FileNotFoundError: within seconds, naming TFDS_DATA_DIR, when the data is absent.
+    UsageError: the compact file is missing, damaged or holds another dataset.
   """
-  data_dir = config.data_dir or None
-  x_train, y_train = data_lib.load_split(config.dataset, "train", data_dir)
-  x_test, y_test = data_lib.load_split(config.dataset, "test", data_dir)
+  if compact_data.is_compact(config.data_dir):
+    x_train, y_train, x_test, y_test = _load_compact(config)
+  else:
+    data_dir = config.data_dir or None
+    x_train, y_train = data_lib.load_split(config.dataset, "train", data_dir)
+    x_test, y_test = data_lib.load_split(config.dataset, "test", data_dir)
   n_cls = int(y_train.max()) + 1
   if n_cls != config.num_classes:
     raise UsageError(f"{config.dataset} has {n_cls} classes but config.num_classes = "
