@@ -288,11 +288,15 @@ def load_split(name: str = "cifar10", split: str = "train",
 
 def stream(name: str, split: str, batch_size: int, seed: int,
            data_dir: str | None = None, repeat: bool = True,
-           shuffle_buffer: int = 10_000) -> Iterator[dict[str, np.ndarray]]:
+           shuffle_buffer: int = 10_000,
+           shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
   """Shuffled batches of a prepared TFDS split through tf.data, for large datasets.
 
   Files and examples are shuffled with ``seed`` (reshuffled each epoch); the last
-  incomplete batch of an epoch is dropped.
+  incomplete batch of an epoch is dropped. With ``shard=(i, n)`` the iterator reads only
+  the i-th of n equal, disjoint parts of the split (``tfds.even_splits``, examples left
+  over by the division dropped): process i of n reads its own part and feeds its own
+  devices.
 
   Args:
     name: TFDS name, as in ``load_split``.
@@ -302,6 +306,7 @@ def stream(name: str, split: str, batch_size: int, seed: int,
     data_dir: TFDS data directory; defaults to $TFDS_DATA_DIR.
     repeat: loop over the split forever if True, else one epoch.
     shuffle_buffer: size of the example shuffle buffer.
+    shard: ``(index, count)``: read part ``index`` of ``count`` disjoint parts.
 
   Returns:
     An iterator of ``{'image': uint8 [B, H, W, C], 'label': int32 [B]}``. Records are
@@ -316,12 +321,16 @@ def stream(name: str, split: str, batch_size: int, seed: int,
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  index, count = shard
+  if not 0 <= index < count:
+    raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
   builder = _prepared_builder(name, data_dir)
   data_dir = resolve_data_dir(data_dir)
   tf, tfds = _import_tfds()
   files = _split_files(builder, name, split, data_dir)
   _check_files_exist(tf, name, split, data_dir, files)
-  ds = builder.as_dataset(split=split, shuffle_files=True,
+  part = split if count == 1 else tfds.even_splits(split, n=count, drop_remainder=True)[index]
+  ds = builder.as_dataset(split=part, shuffle_files=True,
                           read_config=tfds.ReadConfig(shuffle_seed=seed,
                                                       try_autocache=False))
   ds = ds.map(lambda ex: {"image": ex["image"],

@@ -37,7 +37,8 @@ _WORKDIR = flags.DEFINE_string(
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", None,
     "Call jax.distributed.initialize() (multi-host GPU clusters, TPU pods). Default: "
-    "when JAX_COORDINATOR_ADDRESS is set or on a multi-host TPU slice.")
+    "when JAX_COORDINATOR_ADDRESS is set, on a multi-host TPU slice, and in a SLURM step "
+    "or Open MPI job of several tasks.")
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "With --multihost outside SLURM/Open MPI/Kubernetes/TPU (whose "
     "environment JAX reads): the number of processes (default: $DLPL_NUM_PROCESSES).")
@@ -93,6 +94,17 @@ def _multiprocess() -> bool:
   return jax is not None and jax.distributed.is_initialized()
 
 
+def auto_multihost(environ) -> bool:
+  """Whether this process is one of several of a run, from the environment alone:
+  JAX_COORDINATOR_ADDRESS set, a multi-host TPU slice, or a SLURM step / Open MPI job of
+  more than one task (whose variables jax.distributed reads)."""
+  several = lambda name: int(v) > 1 if (v := environ.get(name, "")).isdigit() else False
+  return (bool(environ.get("JAX_COORDINATOR_ADDRESS"))
+          or "," in environ.get("TPU_WORKER_HOSTNAMES", "")
+          or ("SLURM_STEP_NODELIST" in environ and several("SLURM_NTASKS"))
+          or several("OMPI_COMM_WORLD_SIZE"))
+
+
 def _env_int(name: str) -> int | None:
   value = os.environ.get(name)
   return int(value) if value else None
@@ -104,8 +116,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   multihost = _MULTIHOST.value
   if multihost is None:
-    multihost = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or (
-        "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+    multihost = auto_multihost(os.environ)
   if multihost:
     # JAX's preemption service would take SIGTERM from the handler installed at start
     # (its C++ notifier replaces it): the run would ignore SIGTERM. The trainer agrees on
@@ -121,6 +132,11 @@ def main(argv):
       _fail(UsageError(f"--multihost: {e} (outside a detected cluster set "
                        "JAX_COORDINATOR_ADDRESS, --num_processes and --process_id)"),
             UsageError.exit_code)
+    if jax.process_index() != 0:
+      # Process 0 reports for the run; the others print errors only (stderr). Their
+      # stdout, where libraries print (Gloo's connection notice), goes to /dev/null.
+      sys.stdout.flush()
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
   from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value or default_workdir(sys.argv[1:])
   try:

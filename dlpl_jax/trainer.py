@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,43 @@ def _stop_in_startup(stop) -> bool:
     stop.received = stop.received or "a stop signal on another process"
     return True
   return False
+
+
+def _check_same_data(data) -> None:
+  """Multi-process: every process must hold the same in-memory arrays (each samples its
+  part of the global batch from its own copy with the same key). Different copies (a
+  different data folder or dataset version on one host) would train silently on a mix,
+  so a crc32 of each array is compared across processes; a difference is a UsageError
+  on every process."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  names = data._fields
+  local = np.array([zlib.crc32(np.ascontiguousarray(a).view(np.uint8)) ^ a.size
+                    for a in data], np.uint32)
+  everyone = np.asarray(multihost_utils.process_allgather(local))  # [processes, arrays]
+  differ = [n for n, col in zip(names, everyone.T) if len(set(col.tolist())) > 1]
+  if differ:
+    raise UsageError(
+        f"the processes loaded different data ({', '.join(differ)} differ between "
+        "processes): give every process the same dataset version and data folder")
+
+
+def unlabeled_stream(config, step: int):
+  """This process's unlabeled batches for the streaming path (``in_memory=False``).
+
+  Process i of n reads the i-th of n disjoint parts of the training split
+  (:func:`dlpl_jax.data.stream` with ``shard=(i, n)``) in batches of
+  ``batch_size * mu / n``: together the processes' batches make one global batch.
+  The shuffle seed depends on the step, so a resumed run reads a new order.
+
+  Returns:
+    An iterator of ``{'image': uint8 [B*mu/n, H, W, C], 'label': int [B*mu/n]}``.
+  """
+  n = jax.process_count()
+  return data_lib.stream(config.dataset, "train", config.batch_size * config.mu // n,
+                         seed=config.seed + step, data_dir=config.data_dir or None,
+                         shard=(jax.process_index(), n))
 
 
 def _stopped_in_startup(stop, step, workdir, writer, ckpt) -> dict:
@@ -307,6 +345,7 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
   if data is None:
     data = input_pipeline.load(config)
   _log(f"data: {data.describe(config.num_classes)}")
+  _check_same_data(data)
   if _stop_in_startup(stop):
     return _stopped_in_startup(stop, step, workdir, writer, ckpt)
 
@@ -317,17 +356,18 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
                                                 mesh=mesh)
   else:  # unlabeled batches streamed through tf.data (datasets that do not fit)
     labeled = train.replicate({"x_l": data.x_l, "y_l": data.y_l}, mesh)
-    unlabeled = data_lib.stream(config.dataset, "train", config.batch_size * config.mu,
-                                seed=config.seed + step, data_dir=config.data_dir or None)
+    unlabeled = unlabeled_stream(config, step)
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def next_step(st):
-      u = next(unlabeled)
+      u = next(unlabeled)  # this process's part of the global batch
       u = {"image": u["image"], "label": u["label"].astype(np.int32)}
       u = jax.tree_util.tree_map(
-          lambda x: jax.make_array_from_callback(x.shape, batch_sharding, lambda i: x[i]), u)
+          lambda x: jax.make_array_from_process_local_data(batch_sharding, x), u)
       return train.jit_train_step_streamed(st, labeled, u, model=model, cfg=cfg, mesh=mesh)
-    _log("unlabeled batches streamed from TFDS (tf.data); a resumed run reshuffles")
+    _log("unlabeled batches streamed from TFDS (tf.data"
+         + (", a disjoint part of the split per process" if jax.process_count() > 1 else "")
+         + "); a resumed run reshuffles")
   x_test, y_test = train.pad_test_set(data.x_test, data.y_test, config.eval_batch_size)
   x_test, y_test = train.replicate((x_test, y_test), mesh)
   lr_fn = train.learning_rate_schedule(config)

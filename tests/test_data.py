@@ -262,3 +262,9 @@ def test_data_error_is_a_usage_error():
   from dlpl_jax.errors import UsageError  # pylint: disable=import-outside-toplevel
   assert issubclass(data.DataError, UsageError)
   assert issubclass(data.DataError, ValueError)
+
+
+@pytest.mark.parametrize("shard", [(2, 2), (-1, 2), (0, 0)])
+def test_stream_refuses_a_bad_shard(shard):
+  with pytest.raises(ValueError, match="shard"):
+    data.stream("cifar10", "train", 8, seed=0, shard=shard)

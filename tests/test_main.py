@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from dlpl_jax import main
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/cifar10_4shot.py:smoke"
 
@@ -189,3 +191,18 @@ def test_streamed_unlabeled_path_on_real_cifar10(tmp_path, cifar_dir):
   # every streamed unlabeled image lands in the confusion counters: 4 steps x 32
   ev = [r for r in records if r["kind"] == "eval"][-1]
   assert sum(map(sum, ev["pseudo/confusion"])) == 4 * 32
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "host0:1234"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "t0"}, False),  # a single-host TPU VM
+    ({"SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "16"}, True),
+    ({"SLURM_STEP_NODELIST": "gpu01", "SLURM_NTASKS": "1"}, False),
+    ({"SLURM_NTASKS": "16"}, False),  # an allocation, outside an srun step
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({"OMPI_COMM_WORLD_SIZE": "1"}, False),
+])
+def test_several_processes_are_detected_from_the_environment(environ, expected):
+  assert main.auto_multihost(environ) is expected

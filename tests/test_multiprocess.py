@@ -7,10 +7,13 @@ collectives, one device each) against one process with two devices.
   Both run the same partitioned XLA program, and a sum of two operands does not depend
   on their order, so the results were bit-identical here; the test allows float32
   rounding (rtol 1e-6) in case a backend reassociates.
-* SIGKILL to one process of a command-line run ends the other at once with one line and
-  status 1 (not a hang), and the latest checkpoint stays intact.
 * A checkpoint written by two processes resumes in one, and the other way round, to the
   state of an uninterrupted run.
+* The command line in two processes: SIGTERM to both saves the same step and exits 0;
+  SIGKILL to one ends the other at once with one line and status 1 (not a hang); the
+  same command resumes to the state of an uninterrupted run. Process 1 prints and
+  writes nothing of its own.
+* The streaming input path: each process reads a disjoint part of the training split.
 """
 
 import json
@@ -27,6 +30,7 @@ import numpy as np
 import pytest
 
 from dlpl_jax import checkpoint
+from dlpl_jax import configs
 from dlpl_jax import train
 from tests.test_train import DATA, tiny_config
 
@@ -99,47 +103,6 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   assert strip(tmp_path / "two") == strip(tmp_path / "one")
 
 
-def test_sigkill_of_one_process_ends_the_other_in_one_line(tmp_path, cifar_dir):
-  port = _port()
-  wd = tmp_path / "run"
-  args = ["--config=experiments/cifar10_4shot.py:smoke", f"--workdir={wd}",
-          "--multihost", "--num_processes=2", "--heartbeat_timeout=20",
-          "--config.total_steps=100000", "--config.checkpoint_every=3",
-          "--config.eval_every=100000", "--config.progress=False"]
-  env = dict(_env(), TFDS_DATA_DIR=cifar_dir, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}")
-  procs = [subprocess.Popen([sys.executable, "-m", "dlpl_jax.main", *args,
-                             f"--process_id={i}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  try:
-    deadline = time.monotonic() + 400
-    ckpts = wd / "checkpoints"
-    while not (ckpts.is_dir() and any(s.isdigit() for s in os.listdir(ckpts))):
-      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
-          p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
-      time.sleep(0.5)
-    procs[1].send_signal(signal.SIGKILL)
-    t0 = time.monotonic()
-    _, err = procs[0].communicate(timeout=120)
-    waited = time.monotonic() - t0
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert procs[0].returncode == 1, err[-3000:]
-  last = err.strip().splitlines()[-1]
-  assert last.startswith("[dlpl_jax] error:") and "another process" in last, err[-3000:]
-  assert waited < 60, waited  # bounded: a failed collective, not a heartbeat wait
-  # The latest complete checkpoint restores (verified) in a single process.
-  c = json.load(open(wd / "config.json"))
-  from dlpl_jax import configs  # pylint: disable=g-import-not-at-top
-  cfg = configs.load_config_file("experiments/cifar10_4shot.py:smoke")
-  assert cfg.model == c["model"]
-  template = train.create_train_state(cfg, train.build_model(cfg), (32, 32, 3))
-  _, step = checkpoint.Checkpointer(str(wd), 3, 3).restore_latest(template)
-  assert step is not None and step % 3 == 0
-
-
 def test_resume_across_process_counts_equals_an_uninterrupted_run(tmp_path):
   """2 steps in two processes, stop and save; 2 more in one process (2 devices); and the
   other way round: both end where one uninterrupted process ends (about 80 s here)."""
@@ -177,3 +140,180 @@ def test_resume_across_process_counts_equals_an_uninterrupted_run(tmp_path):
       continue
     for x, y in zip(ref, _leaves(state)):
       np.testing.assert_allclose(x, y, rtol=1e-6, atol=0)
+
+
+# `python -m dlpl_jax.main ARGS`, recording every file Python opens for writing to the
+# file named by $DLPL_TEST_WRITES (the processes other than 0 must write nothing but
+# their part of the checkpoints).
+MAIN = textwrap.dedent("""
+    import builtins, io, os, runpy, sys
+    log, real_open = os.environ.get("DLPL_TEST_WRITES"), io.open
+    def recording_open(file, mode="r", *args, **kwargs):
+      if log and any(c in mode for c in "wax+"):
+        with real_open(log, "a") as f:
+          f.write(os.path.abspath(os.fspath(file)) + "\\n")
+      return real_open(file, mode, *args, **kwargs)
+    builtins.open = io.open = recording_open
+    sys.argv = ["dlpl_jax.main", *sys.argv[1:]]
+    runpy.run_module("dlpl_jax.main", run_name="__main__", alter_sys=True)
+    """)
+
+
+def _main(args, env, **kwargs):
+  return subprocess.Popen([sys.executable, "-c", MAIN, *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _checkpoint_steps(wd) -> list[int]:
+  d = wd / "checkpoints"
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if d.is_dir() else []
+
+
+def test_sigterm_sigkill_and_resume_of_two_processes(tmp_path, cifar_dir):
+  """The command line with the smoke config in two processes:
+
+  1. SIGTERM to both (0.3 s apart) while they train: both save the same step, exit 0.
+  2. The same command resumes both; SIGKILL to process 1 ends process 0 at once with one
+     line and status 1 (a failed collective, not a hang).
+  3. The same command resumes from the latest complete checkpoint and ends in the state
+     of one uninterrupted process with two devices.
+  Process 1 prints nothing on stdout, no log line, and writes no file outside
+  checkpoints/ but its brief writability probe (about 2 minutes here)."""
+  total = 60
+  args = ["--config=experiments/cifar10_4shot.py:smoke", f"--config.total_steps={total}",
+          "--config.checkpoint_every=3", "--config.eval_every=30", "--config.progress=False",
+          "--heartbeat_timeout=20"]
+  env = dict(_env(), TFDS_DATA_DIR=cifar_dir)
+  ref = _main([*args, f"--workdir={tmp_path / 'ref'}"], dict(env, JAX_NUM_CPU_DEVICES="2"))
+  _, err = ref.communicate(timeout=600)
+  assert ref.returncode == 0, err[-3000:]
+
+  wd = tmp_path / "two"
+  writes = tmp_path / "writes_1.txt"
+  pids = ([], [])
+
+  def start_two():
+    penv = dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_port()}")
+    procs = [_main([*args, f"--workdir={wd}", "--multihost", "--num_processes=2",
+                    f"--process_id={i}"],
+                   dict(penv, DLPL_TEST_WRITES=str(writes)) if i == 1 else penv)
+             for i in range(2)]
+    for i, p in enumerate(procs):
+      pids[i].append(p.pid)
+    return procs
+
+  def wait_for_checkpoint_after(procs, step):
+    deadline = time.monotonic() + 400
+    while not any(s > step for s in _checkpoint_steps(wd)):
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+          p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+      time.sleep(0.2)
+
+  def ended(procs, timeout):
+    try:
+      return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+
+  def process_1_silent(out, err, signal_name=None):
+    assert out == ""  # stdout: nothing at all (Gloo's notice included)
+    if signal_name:  # the acknowledgement of a signal sent to this process
+      err = err.replace(f"[dlpl_jax] {signal_name} received", "")
+    assert "[dlpl_jax]" not in err, err[-2000:]
+
+  # 1. SIGTERM to both.
+  procs = start_two()
+  wait_for_checkpoint_after(procs, 0)
+  procs[0].send_signal(signal.SIGTERM)
+  time.sleep(0.3)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = ended(procs, 300)
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  stopped = _checkpoint_steps(wd)[-1]
+  assert 3 <= stopped < total, (stopped, outs[0][1][-2000:])
+  assert f"checkpoint saved at step {stopped}" in outs[0][1], outs[0][1][-2000:]
+  process_1_silent(*outs[1], "SIGTERM")
+
+  # 2. Resume; SIGKILL to process 1.
+  procs = start_two()
+  wait_for_checkpoint_after(procs, stopped)
+  procs[1].send_signal(signal.SIGKILL)
+  t0 = time.monotonic()
+  (_, err), _ = ended(procs, 120)
+  waited = time.monotonic() - t0
+  assert f"resumed from {wd / 'checkpoints'} at step {stopped}" in err, err[-3000:]
+  assert procs[0].returncode == 1, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("[dlpl_jax] error:") and "another process" in last, err[-3000:]
+  assert waited < 60, waited  # a failed collective, not the 20 s heartbeat x retries
+
+  # 3. Resume to the end: the state of the uninterrupted run.
+  procs = start_two()
+  outs = ended(procs, 600)
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "resumed from" in outs[0][1]
+  process_1_silent(*outs[1])
+  c = configs.load_config_file("experiments/cifar10_4shot.py:smoke")
+  template = train.create_train_state(c, train.build_model(c), (32, 32, 3))
+  leaves = {}
+  for name in ("ref", "two"):
+    state, step = checkpoint.Checkpointer(str(tmp_path / name), 3, 3).restore_latest(template)
+    assert step == total
+    leaves[name] = _leaves(state)
+  for a, b in zip(leaves["ref"], leaves["two"]):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+  # Process 1's own files: none outside checkpoints/ (the probe is removed at once).
+  written = set(open(writes).read().split()) if writes.exists() else set()
+  outside = [w for w in written if not w.startswith((str(wd / "checkpoints") + os.sep,
+                                                      "/proc/"))]
+  assert all(os.path.basename(w).startswith(".write_test.") for w in outside), outside
+  assert not any(os.path.exists(w) for w in outside)
+  # TensorBoard event files are named ...tfevents.<time>.<host>.<pid>...: process 0's.
+  events = os.listdir(wd / "tensorboard")
+  assert events and all(int(e.split(".")[-3]) in pids[0] for e in events), (events, pids)
+
+
+STREAM_WORKER = textwrap.dedent("""
+    import sys, zlib
+    from dlpl_jax import host
+    host.configure()
+    import jax, numpy as np
+    pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=pid, heartbeat_timeout_seconds=20)
+    from dlpl_jax import configs, trainer
+    c = configs.load_config_file("experiments/cifar10_4shot.py:smoke")
+    c.in_memory, c.batch_size, c.mu = False, 100, 5  # 250 images per process and step
+    it = trainer.unlabeled_stream(c, step=0)
+    keys = []
+    for _ in range(100):  # 100 x 250 = one pass over this process's 25,000 images
+      b = next(it)
+      assert b["image"].shape == (250, 32, 32, 3), b["image"].shape
+      keys += [zlib.crc32(im.tobytes()) * 16 + int(l) for im, l in zip(b["image"], b["label"])]
+    np.save(out, np.array(keys, np.int64))
+    """)
+
+
+def test_streamed_unlabeled_batches_are_a_disjoint_part_per_process(tmp_path, cifar_dir):
+  """``in_memory=False`` in two processes: each reads its own half of CIFAR-10's training
+  split (one pass = 25,000 images each, no image in both), in batches of B*mu/2."""
+  port = _port()
+  env = dict(_env(), TFDS_DATA_DIR=cifar_dir)
+  procs = [subprocess.Popen([sys.executable, "-c", STREAM_WORKER, str(i), str(port),
+                             str(tmp_path / f"keys_{i}.npy")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  keys = [np.load(tmp_path / f"keys_{i}.npy") for i in range(2)]
+  assert [len(k) for k in keys] == [25_000, 25_000]
+  # One pass over a part reads each of its images once (CIFAR-10's training images are
+  # distinct), and no image is read by both processes.
+  assert [len(set(k.tolist())) for k in keys] == [25_000, 25_000]
+  assert not set(keys[0].tolist()) & set(keys[1].tolist())
