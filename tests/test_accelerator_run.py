@@ -1,0 +1,121 @@
+"""experiments/accelerator_run.{sh,py}: the budget machinery (fast), and the whole script
+end to end at a tiny size on the CPU (slow), on a simulated accelerator host: TensorFlow,
+TFDS, TensorBoard, matplotlib and Pillow unimportable, ml_collections only from the
+carried folder that ``--prepare`` makes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dlpl_jax import compact_data
+from dlpl_jax import input_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "experiments"))
+import accelerator_run  # noqa: E402  pylint: disable=wrong-import-position
+
+HIDDEN = ("tensorflow", "tensorflow_datasets", "tensorboard", "matplotlib", "PIL", "torch")
+
+
+def test_a_part_past_its_limit_is_stopped(tmp_path):
+  rec = accelerator_run.run_part(
+      "sleeper", [sys.executable, "-c", "import time; print('up', flush=True); "
+                  "time.sleep(30)"], 1.0, str(tmp_path), grace_s=5)
+  assert rec["status"] == "stopped at its limit (SIGTERM)"
+  assert rec["seconds"] < 10
+  assert "up" in (tmp_path / "logs" / "sleeper.log").read_text()
+  ok = accelerator_run.run_part("ok", [sys.executable, "-c", "pass"], 30, str(tmp_path))
+  assert (ok["status"], ok["rc"]) == ("ok", 0)
+
+
+def test_parts_that_do_not_fit_are_skipped(tmp_path):
+  data = tmp_path / "c.npz"
+  data.write_bytes(b"")  # only its existence is checked before the budget runs out
+  rc = accelerator_run.main(["--out", str(tmp_path / "out"), "--data", str(data),
+                             "--budget_s", "40", "--ab", "default"])
+  parts = {p["name"]: p for p in json.loads((tmp_path / "out" / "parts.json").read_text())}
+  assert parts["train_fixmatch"]["status"] == "skipped: no time left"
+  assert parts["ab_default"]["status"].startswith("skipped")
+  assert rc == 1  # a training run did not run: the evidence is incomplete
+  report = (tmp_path / "out" / "report.md").read_text()
+  assert "no summary.json" in report and "| ab_default | skipped" in report
+
+
+def _host_sim(tmp_path, carry: str) -> str:
+  """A sitecustomize that makes the accelerator host's missing packages unimportable and
+  lets ml_collections come only from ``carry``/site."""
+  d = tmp_path / "hostsim"
+  d.mkdir()
+  # Hidden from the path finder, as if not installed: importlib.util.find_spec answers
+  # None and `import` raises ModuleNotFoundError, as on the host.
+  (d / "sitecustomize.py").write_text(textwrap.dedent(f"""
+      import importlib.machinery as _m
+      _find = _m.PathFinder.find_spec
+      def _host_find_spec(name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in {HIDDEN!r}:
+          return None
+        if name == "ml_collections":
+          return _find(name, [{carry + '/site'!r}], target)
+        return _find(name, path, target)
+      _m.PathFinder.find_spec = staticmethod(_host_find_spec)
+      """))
+  return str(d)
+
+
+@pytest.mark.slow
+def test_the_script_end_to_end_on_a_simulated_host(tmp_path):
+  d = input_pipeline.synthetic(labeled_per_class=4, unlabeled=300, test=100)
+  x = np.concatenate([d.x_l, d.x_u])
+  y = np.concatenate([d.y_l, d.y_u])
+  data = str(tmp_path / "tiny.npz")
+  compact_data.write(data, {"train": (x, y), "test": (d.x_test, d.y_test)}, "cifar10")
+  carry = str(tmp_path / "carry")
+  py = os.path.join(REPO, ".venv", "bin", "python")
+  py = py if os.path.exists(py) else sys.executable
+  env = dict(os.environ, PY=py, CARRY=carry, DATA=data, JAX_PLATFORMS="cpu")
+  prep = subprocess.run(["bash", "experiments/accelerator_run.sh", "--prepare"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert prep.returncode == 0, prep.stderr
+  assert os.path.isfile(os.path.join(carry, "site", "ml_collections", "__init__.py"))
+  out = str(tmp_path / "out")
+  env.update(OUT=out, PYTHONPATH=_host_sim(tmp_path, carry),
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
+  res = subprocess.run(
+      ["bash", "experiments/accelerator_run.sh", "--tiny", "--data", data, "--steps", "16",
+       "--eval_every", "8", "--ab_steps", "256", "--ab", "no_graphs,default",
+       "--scratch", str(tmp_path / "scratch"), "--budget_s", "540",
+       # a 2-vCPU machine shared with other work: generous limits for the CNN
+       "--train_limit_s", "150", "--ab_limit_s", "150"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  log = res.stdout + res.stderr
+  assert "exit status 0" in log, log[-4000:]
+  parts = {p["name"]: p for p in json.load(open(os.path.join(out, "parts.json")))}
+  for name in ("environment", "train_fixmatch", "train_debiaspl", "ab_no_graphs",
+               "ab_default"):
+    assert parts[name]["status"] == "ok", (name, parts[name])
+  assert parts["analyze"]["status"].startswith("skipped: matplotlib")
+  assert parts["torch_bf16_channels_last"]["status"] == "skipped: torch is not installed"
+  env_log = open(os.path.join(out, "logs", "environment.log")).read()
+  assert f"ml_collections from {carry}/site" in env_log
+  for method in ("fixmatch", "debiaspl"):
+    summary = json.load(open(os.path.join(out, "runs", method, "summary.json")))
+    assert (summary["step"], summary["num_evals"], summary["method"]) == (16, 2, method)
+    assert summary["interrupted"] is False
+    config = json.load(open(os.path.join(out, "runs", method, "config.json")))
+    assert (config["dtype"], config["data_dir"]) == ("bfloat16", data)
+    train_log = open(os.path.join(out, "logs", f"train_{method}.log")).read()
+    assert "TensorFlow/TensorBoard not installed" in train_log
+  for name in ("no_graphs", "default"):
+    ab = json.load(open(os.path.join(out, "ab", f"{name}.json")))
+    assert ab["median_steps_per_sec"] > 0
+    assert ab["xla_flags"] == accelerator_run.AB_VARIANTS[name]
+  report = open(os.path.join(out, "report.md")).read()
+  assert "| fixmatch | cnn_small | 16/16 |" in report
+  assert "| debiaspl | cnn_small | 16/16 |" in report
+  assert "no_graphs (`--xla_gpu_enable_command_buffer=`) | " in report
