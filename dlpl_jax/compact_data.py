@@ -145,32 +145,47 @@ def coefficients(images: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, ..
 
 
 def _idct(q: np.ndarray, table: np.ndarray) -> np.ndarray:
-  """Dequantize and inverse-DCT ``[N, h, w, 8, 8]`` coefficients to int64 samples in
-  [0, 255], in exact integer arithmetic.
+  """Dequantize and inverse-DCT ``[N, h, w, 8, 8]`` coefficients to int32 samples in
+  [0, 255], ``[N, 8h, 8w]``, in exact integer arithmetic.
 
   The products are integers below 2^42, so float64 holds every partial sum exactly and
-  the result does not depend on the BLAS or its summation order.
+  the result does not depend on the BLAS or its summation order. Both 8x8 products run
+  as one 2-D matrix product each (fast BLAS) on the blocks laid side by side.
   """
-  f = q.astype(np.float64) * table
-  s = _DCT_INT.T @ f @ _DCT_INT  # scaled by 2^(2 * _DCT_BITS)
-  shift = 2 * _DCT_BITS
-  v = (s.astype(np.int64) + (128 << shift) + (1 << (shift - 1))) >> shift
-  return np.clip(_unblocks(v), 0, 255)
+  n, bh, bw = q.shape[:3]
+  f = (q.astype(np.float64) * table).reshape(-1, 8)  # rows: (block, u); columns: v
+  g = (f @ _DCT_INT).reshape(-1, 8, 8)  # [block, u, x]
+  s = (g.transpose(0, 2, 1).reshape(-1, 8) @ _DCT_INT).reshape(n, bh, bw, 8, 8)
+  shift = 2 * _DCT_BITS  # s is [.., x, y] scaled by 2^shift
+  # floor((s + offset) / 2^shift): exact in float64 (integers below 2^53, a power-of-two
+  # scale), the same as the integer shift.
+  s += float((128 << shift) + (1 << (shift - 1)))
+  s *= 2.0 ** -shift
+  v = np.clip(np.floor(s, out=s), 0, 255, out=s).astype(np.int32)
+  return v.transpose(0, 1, 4, 2, 3).reshape(n, bh * 8, bw * 8)
 
 
 def _upsample(c: np.ndarray) -> np.ndarray:
-  """libjpeg's h2v2 "fancy" (triangular) chroma upsampling: int ``[N, h, w]`` ->
+  """libjpeg's h2v2 "fancy" (triangular) chroma upsampling: int32 ``[N, h, w]`` ->
   ``[N, 2h, 2w]``, its integer rounding included."""
-  up = np.concatenate([c[:, :1], c[:, :-1]], 1)
-  down = np.concatenate([c[:, 1:], c[:, -1:]], 1)
-  col = np.stack([3 * c + up, 3 * c + down], 2).reshape(c.shape[0], -1, c.shape[2])
-  left = np.concatenate([col[:, :, :1], col[:, :, :-1]], 2)
-  right = np.concatenate([col[:, :, 1:], col[:, :, -1:]], 2)
-  even = (3 * col + left + 8) >> 4
-  odd = (3 * col + right + 7) >> 4
-  even[:, :, 0] = (4 * col[:, :, 0] + 8) >> 4
-  odd[:, :, -1] = (4 * col[:, :, -1] + 7) >> 4
-  return np.stack([even, odd], 3).reshape(c.shape[0], col.shape[1], -1)
+  n, h, w = c.shape
+  col = np.empty((n, h, 2, w), np.int32)  # column sums of output rows 2i and 2i+1
+  col[:, :, 0] = 3 * c
+  col[:, :, 1] = col[:, :, 0]
+  col[:, 0, 0] += c[:, 0]
+  col[:, 1:, 0] += c[:, :-1]
+  col[:, :-1, 1] += c[:, 1:]
+  col[:, -1, 1] += c[:, -1]
+  col = col.reshape(n, 2 * h, w)
+  out = np.empty((n, 2 * h, w, 2), np.int32)
+  out[..., 0] = 3 * col + 8
+  out[..., 1] = 3 * col + 7
+  out[:, :, 1:, 0] += col[:, :, :-1]
+  out[:, :, :1, 0] += col[:, :, :1]
+  out[:, :, :-1, 1] += col[:, :, 1:]
+  out[:, :, -1:, 1] += col[:, :, -1:]
+  out >>= 4
+  return out.reshape(n, 2 * h, 2 * w)
 
 
 def predict(y: np.ndarray, cb: np.ndarray, cr: np.ndarray,
@@ -185,17 +200,21 @@ def predict(y: np.ndarray, cb: np.ndarray, cr: np.ndarray,
     uint8 ``[N, H, W, 3]``: libjpeg's decode up to its integer IDCT's rounding.
   """
   luma = _idct(y, tables[0])
-  cb_full, cr_full = _upsample(_idct(cb, tables[1])), _upsample(_idct(cr, tables[1]))
+  xb = _upsample(_idct(cb, tables[1])) - 128
+  xr = _upsample(_idct(cr, tables[1])) - 128
   bits, half = 16, 1 << 15
 
   def fix(v):
     return int(v * (1 << bits) + 0.5)
 
-  xb, xr = cb_full - 128, cr_full - 128
-  r = luma + ((fix(1.402) * xr + half) >> bits)
-  g = luma + ((-fix(0.34414) * xb - fix(0.71414) * xr + half) >> bits)
-  b = luma + ((fix(1.772) * xb + half) >> bits)
-  return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
+  out = np.empty(luma.shape + (3,), np.uint8)
+  for ch, term in enumerate(((fix(1.402) * xr + half) >> bits,
+                             (-fix(0.34414) * xb - fix(0.71414) * xr + half) >> bits,
+                             (fix(1.772) * xb + half) >> bits)):
+    term += luma
+    np.clip(term, 0, 255, out=term)
+    out[..., ch] = term
+  return out
 
 
 def _coef_shapes(n: int, h: int, w: int) -> list[tuple[int, ...]]:
