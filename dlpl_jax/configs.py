@@ -21,6 +21,7 @@ UNLABELED_PROFILES = ("long_tailed", "reversed", "balanced")
 # Keys that do not change what is trained (where results are written, how often, which
 # test images are scored): a resumed run may change them freely.
 NON_TRAINING_KEYS = ("data_dir", "eval_every", "eval_batch_size", "eval_examples",
+                     "eval_params", "imagenet.index_cache",
                      "log_every", "checkpoint_every", "keep_checkpoints", "progress")
 # Classes, training images per class and test images of the datasets the configs name.
 KNOWN_DATASETS = {"cifar10": (10, 5000, 10000), "cifar100": (100, 500, 10000)}
@@ -113,12 +114,103 @@ def get_base_config() -> "ml_collections.ConfigDict":
   return c
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
+def get_imagenet_config() -> "ml_collections.ConfigDict":
+  """The base config of the ImageNet recipes (``experiments/imagenet_*.py``).
+
+  The official ImageNet hyper-parameters (scripts of the official code, checked against
+  ``main_DebiasPL.py``): ResNet-50 from MoCo-EMAN weights (``init_checkpoint``),
+  labeled batch 64, mu 5, SGD momentum 0.9 without Nesterov, weight decay 1e-4 on every
+  parameter, lr 0.003, 5 warm-up epochs then a half cosine, per epoch; threshold 0.8,
+  tau 0.4, lambda_u 10, an EMA teacher of momentum 0.999, 2 weak + 2 strong views, the
+  student evaluated. Epoch-based numbers (``total_steps``, ``warmup_steps``,
+  ``lr_update_every``) are set by :func:`imagenet_schedule` from the epoch count.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = get_base_config()
+  c.unlock()
+  c.dataset = "imagenet2012"
+  c.num_classes = 1000
+  c.in_memory = False
+  c.input = "imagenet"           # the ImageNet input path (dlpl_jax/imagenet.py)
+  c.eval_params = "student"      # the official code evaluates the student
+  c.model = "resnet50"
+  c.dtype = "bfloat16"
+  c.batch_size = 64
+  c.mu = 5
+  c.lr = 0.003
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  c.weight_decay_all = True
+  c.threshold = 0.8
+  c.tau = 0.4
+  c.lambda_u = 10.0
+  c.marginal_momentum = 0.999
+  c.teacher = True
+  c.teacher_momentum = 0.999
+  c.num_views = 2
+  c.cld_weight = 0.3
+  c.lr_schedule = "warmup_cosine"
+  c.eval_batch_size = 256
+  c.log_every = 100
+  c.imagenet = ml_collections.ConfigDict()
+  c.imagenet.split = "1pct"            # 1pct | 0p2pct | clip (dlpl_jax/imagenet.py)
+  c.imagenet.train_name = "imagenet2012"
+  c.imagenet.subset_name = "imagenet2012_subset/1pct"
+  c.imagenet.subset_fraction = 0.2     # 0p2pct: per class round(0.2 n_c) of the 1% subset
+  c.imagenet.crop_size = 224
+  c.imagenet.eval_resize = 256
+  c.imagenet.crop_scale_min = 0.08     # torchvision RandomResizedCrop's default (official)
+  c.imagenet.shuffle_buffer = 10_000
+  c.imagenet.unlabeled_images = 1_281_167  # one epoch = this many unlabeled images
+  c.imagenet.epochs = 50
+  c.imagenet.warmup_epochs = 5
+  c.imagenet.clip_labeled = ""         # clip: pseudo-labeled CSV, or an .npz of logits
+  c.imagenet.clip_unlabeled = ""       # clip: the unlabeled CSV ("" with an .npz)
+  c.imagenet.clip_split_threshold = 0.95  # clip, .npz: CLIP probability for the labeled set
+  c.imagenet.clip_fallback = 0.0       # clip: CLIP's label where the model's masks are 0
+                                       # and CLIP's probability >= this; 0 = off
+  c.imagenet.index_cache = ""          # clip: .npz cache of the train split's file names
+  imagenet_schedule(c)
+  c.lock()
+  return c
+
+
+def imagenet_schedule(c) -> None:
+  """Sets ``total_steps``, ``warmup_steps`` and ``lr_update_every`` from the epochs:
+  one epoch = ``imagenet.unlabeled_images / (batch_size * mu)`` steps (the official loop
+  runs over the unlabeled loader), the cosine updated once per epoch."""
+  per_epoch = max(1, c.imagenet.unlabeled_images // (c.batch_size * c.mu))
+  c.total_steps = per_epoch * c.imagenet.epochs
+  c.warmup_steps = per_epoch * c.imagenet.warmup_epochs
+  c.lr_update_every = per_epoch
+  c.eval_every = per_epoch
+  c.checkpoint_every = max(1, per_epoch // 4)
+
+
+INPUTS = ("tfds", "imagenet")
+EVAL_PARAMS = ("ema", "student")
+
+
+def input_kind(config) -> str:
+  """``config.input``: ``tfds`` (CIFAR, the default when absent) or ``imagenet``."""
+  return getattr(config, "input", "tfds")
+
+
+def eval_params(config) -> str:
+  """``config.eval_params``: ``ema`` (the default when absent) or ``student``."""
+  return getattr(config, "eval_params", "ema")
+
+
+def validate(c: ml_collections.ConfigDict, check_files: bool = True) -> None:
   """Refuses values that would train something other than what the user meant.
 
   Checks signs, ranges and finiteness of every number, and the combinations that cannot
   work (a labeled set larger than the dataset's classes hold, a class count that is not
   the dataset's, streaming with a long-tailed protocol), before any data is read.
+
+  ``check_files``: also require ``init_checkpoint`` to exist (the trainer skips this on
+  a resume, which never reads the file).
 
   Raises:
     UsageError: naming the key, the value and what is allowed.
@@ -160,7 +252,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c[k] > 0, f"{k} must be > 0, got {c[k]}")
   need(c.eval_examples >= 0, f"eval_examples must be >= 0 (0 = the whole test split), "
                              f"got {c.eval_examples}")
-  _validate_recipe(c, need, finite)
+  _validate_recipe(c, need, finite, check_files)
+  need(input_kind(c) in INPUTS, f"input must be one of {INPUTS}, got {input_kind(c)!r}")
+  need(eval_params(c) in EVAL_PARAMS,
+       f"eval_params must be one of {EVAL_PARAMS}, got {eval_params(c)!r}")
+  if input_kind(c) == "imagenet":
+    _validate_imagenet(c, need)
   need(c.lt.unlabeled_profile in UNLABELED_PROFILES,
        f"lt.unlabeled_profile must be one of {UNLABELED_PROFILES}, got {c.lt.unlabeled_profile!r}")
   finite("lt.gamma", 1)
@@ -187,7 +284,31 @@ def validate(c: ml_collections.ConfigDict) -> None:
                                     f"test images of {c.dataset}")
 
 
-def _validate_recipe(c, need, finite) -> None:
+def _validate_imagenet(c, need) -> None:
+  o = c.imagenet
+  need(o.split in ("1pct", "0p2pct", "clip"),
+       f"imagenet.split must be 1pct, 0p2pct or clip, got {o.split!r}")
+  need(not c.in_memory, "input='imagenet' streams its data: set in_memory = False")
+  need(not c.lt.enabled, "input='imagenet' has no long-tailed protocol: lt.enabled = False")
+  need(0 < o.subset_fraction <= 1, f"imagenet.subset_fraction must be in (0, 1], got "
+                                   f"{o.subset_fraction}")
+  need(o.crop_size > 0 and o.eval_resize >= o.crop_size,
+       f"imagenet.crop_size ({o.crop_size}) must be > 0 and <= eval_resize ({o.eval_resize})")
+  need(0 < o.crop_scale_min <= 1, f"imagenet.crop_scale_min must be in (0, 1], got "
+                                  f"{o.crop_scale_min}")
+  need(0 <= o.clip_fallback <= 1, f"imagenet.clip_fallback must be in [0, 1], got "
+                                  f"{o.clip_fallback}")
+  if o.split == "clip":
+    need(bool(o.clip_labeled), "imagenet.split = 'clip' needs imagenet.clip_labeled (the "
+                               "CLIP pseudo-label CSV or .npz)")
+    for k in ("clip_labeled", "clip_unlabeled"):
+      need(not o[k] or os.path.isfile(o[k]), f"imagenet.{k} = {o[k]!r} is not a file")
+  else:
+    need(o.clip_fallback == 0 or o.split == "clip",
+         "imagenet.clip_fallback applies to split 'clip' only: set it to 0")
+
+
+def _validate_recipe(c, need, finite, check_files=True) -> None:
   """The ImageNet recipe's options (see :data:`RECIPE_DEFAULTS`)."""
   def is_bool(k):
     need(isinstance(c[k], bool), f"{k} must be True or False, got {c[k]!r}")
@@ -216,7 +337,7 @@ def _validate_recipe(c, need, finite) -> None:
   is_bool("weight_decay_all")
   need(isinstance(c.init_checkpoint, str),
        f"init_checkpoint must be a file path or '', got {c.init_checkpoint!r}")
-  if c.init_checkpoint:
+  if c.init_checkpoint and check_files:
     need(os.path.isfile(c.init_checkpoint),
          f"init_checkpoint = {c.init_checkpoint!r} is not a file")
 

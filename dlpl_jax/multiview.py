@@ -100,3 +100,75 @@ def multiview_unlabeled_loss(
   loss = total / (len(sources) * num_views) * jnp.where(ok, 1.0, jnp.nan)
   q, labels, mask = targets[0]
   return pseudo_label.UnlabeledLoss(loss, new_marginal, labels, mask, jnp.max(q, axis=-1))
+
+
+def clip_fallback_loss(
+    weak_logits: ArrayLike,
+    strong_logits: ArrayLike,
+    marginal: ArrayLike,
+    new_marginal: ArrayLike,
+    clip_labels: ArrayLike,
+    clip_probs: ArrayLike,
+    tau: float | ArrayLike = 0.4,
+    threshold: float | ArrayLike = 0.8,
+    clip_threshold: float | ArrayLike = 0.3,
+) -> tuple[jax.Array, jax.Array]:
+  r"""The official zero-shot recipe's CLIP fallback (``main_DebiasPL_ZeroShot.py``).
+
+  Where NONE of the model's ``K + 1`` debiased pseudo-labels (the mean weak view's and
+  each weak view's, as in :func:`multiview_unlabeled_loss`) passes the threshold and
+  CLIP's probability of its own label is at least ``clip_threshold``, CLIP's label is
+  the target of every strong view:
+
+  .. math::
+    f_i &= [p^{clip}_i \ge \text{clip\_threshold}] \prod_t (1 - \mathrm{mask}_{t,i}) \\
+    L_{clip} &= \frac{1}{K B} \sum_k \sum_i f_i \,
+                \mathrm{CE}(z_{s,k,i} + \tau \log \hat p_{new}, y^{clip}_i)
+
+  and the recipe trains on ``(L_u + L_clip) / 2`` in place of ``L_u``.
+
+  Args:
+    weak_logits: ``[K, B, C]`` weak-view logits (no gradient).
+    strong_logits: ``[K, B, C]`` strong-view logits.
+    marginal: ``[C]`` the class marginal before this step (the pseudo-labels' debias).
+    new_marginal: ``[C]`` after this step's update (the strong logits' margin shift).
+    clip_labels: ``[B]`` CLIP's class per image; clip_probs ``[B]`` its probability.
+    tau, threshold: DebiasPL's, as :func:`multiview_unlabeled_loss`.
+    clip_threshold: CLIP's probability needed for the fallback (0.3 in the recipe).
+
+  Returns:
+    ``(loss, fallback)``: the scalar :math:`L_{clip}` and the ``[B]`` float mask ``f``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> weak = jnp.zeros((1, 2, 2))                 # K = 1, B = 2: no confident label
+    >>> strong = jnp.array([[[0.0, 0.0], [1.0, 0.0]]])
+    >>> loss, f = clip_fallback_loss(weak, strong, jnp.ones(2) / 2, jnp.ones(2) / 2,
+    ...                              jnp.array([1, 0]), jnp.array([0.5, 0.2]), tau=0.0)
+    >>> print(f, float(loss.round(4)))              # image 0 only: CE([0, 0], 1) / 2
+    [1. 0.] 0.3466
+  """
+  weak_logits = jnp.asarray(weak_logits)
+  strong_logits = jnp.asarray(strong_logits)
+  _checks.check_rank("weak_logits", weak_logits, 3, "[K, B, C]")
+  if weak_logits.shape != strong_logits.shape:
+    raise ValueError(f"weak_logits {weak_logits.shape} and strong_logits "
+                     f"{strong_logits.shape} must have the same shape [K, B, C]")
+  k, b = weak_logits.shape[:2]
+  clip_labels = jnp.asarray(clip_labels)
+  clip_probs = jnp.asarray(clip_probs)
+  if clip_labels.shape != (b,) or clip_probs.shape != (b,):
+    raise ValueError(f"clip_labels {clip_labels.shape} and clip_probs {clip_probs.shape} "
+                     f"must be [B] = [{b}]")
+  weak = jax.lax.stop_gradient(weak_logits.astype(_checks.compute_dtype(weak_logits)))
+  sources = [jnp.sum(weak, axis=0) / k] + [weak[i] for i in range(k)]
+  any_mask = jnp.zeros((b,), jnp.float32)
+  for source in sources:
+    _, mask = pseudo_label.hard_labels(pseudo_label.debias(source, marginal, tau), threshold)
+    any_mask = jnp.maximum(any_mask, mask.astype(jnp.float32))
+  fallback = (clip_probs >= clip_threshold).astype(jnp.float32) * (1.0 - any_mask)
+  total = 0.0
+  for i in range(k):
+    per_example = loss_lib.adaptive_margin(strong_logits[i], clip_labels, new_marginal, tau)
+    total = total + jnp.mean(fallback * per_example)
+  return total / k, fallback

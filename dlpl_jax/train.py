@@ -90,6 +90,7 @@ class StepConfig:
   num_views: int = 1
   cld_weight: float = 0.0
   cld_temperature: float = 0.07
+  clip_fallback: float = 0.0
 
   @classmethod
   def from_config(cls, c) -> "StepConfig":
@@ -97,7 +98,15 @@ class StepConfig:
     return cls(c.num_classes, c.batch_size, c.mu, configs.effective_tau(c), c.threshold,
                c.marginal_momentum, c.lambda_u, c.ema_decay, c.seed,
                bool(opt("teacher")), float(opt("teacher_momentum")), int(opt("num_views")),
-               float(opt("cld_weight")), float(opt("cld_temperature")))
+               float(opt("cld_weight")), float(opt("cld_temperature")),
+               _clip_fallback(c))
+
+
+def _clip_fallback(c) -> float:
+  """The zero-shot recipe's CLIP fallback threshold (0 = off; ImageNet ``clip`` only)."""
+  if configs.input_kind(c) != "imagenet" or c.imagenet.split != "clip":
+    return 0.0
+  return float(c.imagenet.clip_fallback)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -218,17 +227,18 @@ def load_variables_file(path: str) -> dict:
   return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
-def create_train_state(config, model: nn.Module, image_shape: tuple[int, ...]) -> TrainState:
+def create_train_state(config, model: nn.Module, image_shape: tuple[int, ...],
+                       read_init: bool = True) -> TrainState:
   """A fresh state: params from ``PRNGKey(seed)`` (then the leaves of ``init_checkpoint``
-  when set), uniform marginal, zero counters; the EMA (and the teacher, when on) start
-  equal to the params and BN statistics.
+  when set and ``read_init``), uniform marginal, zero counters; the EMA (and the teacher,
+  when on) start equal to the params and BN statistics.
 
-  A resumed run restores its checkpoint over this state, so the file's weights never
-  overwrite a checkpoint's.
+  A resumed run restores its checkpoint over this state: the trainer passes
+  ``read_init=False`` then, so the file is not read again (it may have moved).
   """
   variables = model.init(jax.random.PRNGKey(config.seed),
                          jnp.zeros((2, *image_shape), jnp.uint8), train=False)
-  init_file = configs.recipe_option(config, "init_checkpoint")
+  init_file = configs.recipe_option(config, "init_checkpoint") if read_init else ""
   if init_file:
     # Every array of the model from the file, shapes checked; only the classifier may
     # be absent (a self-supervised checkpoint has none) and keeps its random init.
@@ -305,7 +315,8 @@ def _as_views(views, name: str, num_views: int) -> list:
 
 
 def update_on_views(state: TrainState, images_l, y_l, weak_views, strong_views, y_u, *,
-                    model: nn.Module, cfg: StepConfig, mesh: Mesh | None):
+                    model: nn.Module, cfg: StepConfig, mesh: Mesh | None,
+                    clip_label=None, clip_prob=None):
   """One FixMatch/DebiasPL update on augmented views (pixels in [0, 255]).
 
   The student sees, in one batch (so its BN statistics are over all of them): the
@@ -323,11 +334,16 @@ def update_on_views(state: TrainState, images_l, y_l, weak_views, strong_views, 
       views made on the host).
     y_u: ``[B * mu]`` the unlabeled images' true labels (monitoring only).
     model, cfg, mesh: static.
+    clip_label, clip_prob: ``[B * mu]`` CLIP's label and probability of the unlabeled
+      images, needed when ``cfg.clip_fallback > 0``: the unlabeled loss becomes
+      ``(L_u + L_clip) / 2`` (:func:`dlpl_jax.multiview.clip_fallback_loss`).
 
   Returns:
     ``(new_state, metrics)`` with scalar metrics (``train/loss_cld`` only when the CLD
-    loss is on).
+    loss is on; ``train/loss_clip`` and ``train/clip_rate`` with the CLIP fallback).
   """
+  if cfg.clip_fallback > 0 and (clip_label is None or clip_prob is None):
+    raise ValueError("cfg.clip_fallback > 0 needs clip_label and clip_prob")
   weak_views = _as_views(weak_views, "weak_views", cfg.num_views)
   strong_views = _as_views(strong_views, "strong_views", cfg.num_views)
   n_l, n_u, k = images_l.shape[0], weak_views[0].shape[0], cfg.num_views
@@ -361,15 +377,22 @@ def update_on_views(state: TrainState, images_l, y_l, weak_views, strong_views, 
       u = multiview.multiview_unlabeled_loss(
           logits_w.reshape(k, n_u, -1), logits_s.reshape(k, n_u, -1), state.marginal,
           cfg.tau, cfg.threshold, cfg.marginal_momentum)
+    clip = None
+    if cfg.clip_fallback > 0:
+      clip = multiview.clip_fallback_loss(
+          logits_w.reshape(k, n_u, -1), logits_s.reshape(k, n_u, -1), state.marginal,
+          u.marginal, clip_label, clip_prob, cfg.tau, cfg.threshold, cfg.clip_fallback)
+      u = u._replace(loss=(u.loss + clip[0]) / 2)
     total = loss_x + cfg.lambda_u * u.loss
     loss_cld = None
     if cfg.cld_weight > 0:
       loss_cld = jnp.mean(loss_lib.cld_loss(*_cld_inputs(logits_w, logits_s, u, cfg),
                                             temperature=cfg.cld_temperature))
       total = total + cfg.cld_weight * loss_cld
-    return total, (updates["batch_stats"], loss_x, u, loss_cld)
+    return total, (updates["batch_stats"], loss_x, u, loss_cld, clip)
 
-  grads, (batch_stats, loss_x, u, loss_cld) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (batch_stats, loss_x, u, loss_cld, clip) = jax.grad(loss_fn, has_aux=True)(
+      state.params)
   new_state = state.apply_gradients(grads=grads)
   d = cfg.ema_decay
   ema = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.ema_params,
@@ -404,6 +427,9 @@ def update_on_views(state: TrainState, images_l, y_l, weak_views, strong_views, 
   }
   if loss_cld is not None:
     metrics["train/loss_cld"] = loss_cld
+  if clip is not None:
+    metrics["train/loss_clip"] = clip[0]
+    metrics["train/clip_rate"] = jnp.mean(clip[1])
   return new_state, metrics
 
 
@@ -483,6 +509,51 @@ def train_step_streamed(state: TrainState, labeled: dict[str, jax.Array],
                          mesh=mesh)
 
 
+def randaugment_cutout(key: jax.Array, images) -> jax.Array:
+  """The strong view's pixel ops alone on host-made crops: RandAugment (2 ops) and
+  Cutout of :func:`dlpl_jax.augment.strong`, without its flip and translation (the
+  host's random-resized crop and flip replace them).
+
+  Args:
+    key: PRNG key; images: ``[B, H, W, 3]`` uint8.
+
+  Returns:
+    float32 ``[B, H, W, 3]``, integer values in [0, 255].
+  """
+  b, h, w, _ = images.shape
+  p = augment.sample_strong_params(key, b, h, w)
+  py, px = int(h * augment.PAD_FRACTION), int(w * augment.PAD_FRACTION)
+  still = augment.WeakParams(flip=jnp.zeros((b,), bool), dy=jnp.full((b,), py, jnp.int32),
+                             dx=jnp.full((b,), px, jnp.int32))  # the identity crop
+  return augment.apply_strong(images, p._replace(weak=still))
+
+
+def train_step_views(state: TrainState, labeled: dict[str, jax.Array],
+                     unlabeled: dict[str, jax.Array], *, model: nn.Module, cfg: StepConfig,
+                     mesh: Mesh | None = None):
+  """One step on host-made views (the ImageNet input, :mod:`dlpl_jax.imagenet`).
+
+  Args:
+    state: the train state.
+    labeled: ``{image [B, H, W, 3] uint8, label [B]}``: the labeled view, used as given.
+    unlabeled: ``{weak [K, B*mu, H, W, 3], strong [K, B*mu, H, W, 3], label [B*mu]}``
+      uint8 crops; RandAugment + Cutout are applied here to each strong crop (its own
+      key per view). With ``cfg.clip_fallback > 0`` also ``clip_label``, ``clip_prob``.
+    model, cfg, mesh: static.
+
+  Returns:
+    ``(new_state, metrics)``.
+  """
+  keys = jax.random.split(step_key(cfg.seed, state.step), cfg.num_views)
+  strong = [randaugment_cutout(keys[i], unlabeled["strong"][i])
+            for i in range(cfg.num_views)]
+  weak = [unlabeled["weak"][i].astype(jnp.float32) for i in range(cfg.num_views)]
+  return update_on_views(state, labeled["image"].astype(jnp.float32), labeled["label"],
+                         weak, strong, unlabeled["label"], model=model, cfg=cfg, mesh=mesh,
+                         clip_label=unlabeled.get("clip_label"),
+                         clip_prob=unlabeled.get("clip_prob"))
+
+
 def eval_step(params, batch_stats, x_test: jax.Array, y_test: jax.Array, start, *,
               model: nn.Module, num_classes: int, batch: int, mesh: Mesh | None = None):
   """Sums over one evaluation batch sliced on the device from the padded test set.
@@ -515,6 +586,7 @@ def eval_step(params, batch_stats, x_test: jax.Array, y_test: jax.Array, start, 
 jit_train_step = jax.jit(train_step, static_argnames=("model", "cfg", "mesh"))
 jit_train_step_streamed = jax.jit(train_step_streamed,
                                   static_argnames=("model", "cfg", "mesh"))
+jit_train_step_views = jax.jit(train_step_views, static_argnames=("model", "cfg", "mesh"))
 jit_eval_step = jax.jit(eval_step, static_argnames=("model", "num_classes", "batch", "mesh"))
 
 
@@ -543,19 +615,52 @@ def pad_test_set(x: np.ndarray, y: np.ndarray, batch: int):
   return x, y
 
 
+def eval_variables(state: TrainState, which: str = "ema"):
+  """``(params, batch_stats)`` to evaluate: the EMA of the params (``ema``, with the
+  student's BN statistics, as before) or the student itself (``student``, as the
+  official ImageNet code)."""
+  if which == "ema":
+    return state.ema_params, state.batch_stats
+  if which == "student":
+    return state.params, state.batch_stats
+  raise ValueError(f"eval params must be 'ema' or 'student', got {which!r}")
+
+
 def evaluate(state: TrainState, x_test, y_test, *, model, num_classes: int, batch: int,
-             mesh: Mesh | None = None):
-  """EMA-weight evaluation on the (padded, device-resident) test set.
+             mesh: Mesh | None = None, params: str = "ema"):
+  """Evaluation (EMA weights by default, see :func:`eval_variables`) on the (padded,
+  device-resident) test set.
 
   Returns:
     dict with ``eval/top1`` (%), ``eval/per_class`` (``[C]`` %), ``eval/predicted``
     (``[C]`` counts) and ``class_features`` (``[C, D]`` class-mean features).
   """
+  p, bs = eval_variables(state, params)
   sums = None
   for start in range(0, x_test.shape[0], batch):
-    out = jit_eval_step(state.ema_params, state.batch_stats, x_test, y_test, start,
+    out = jit_eval_step(p, bs, x_test, y_test, start,
                         model=model, num_classes=num_classes, batch=batch, mesh=mesh)
     sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+  return _eval_summary(sums)
+
+
+def evaluate_batches(state: TrainState, batches, *, model, num_classes: int, batch: int,
+                     mesh: Mesh, params: str = "ema"):
+  """As :func:`evaluate`, on streamed batches: each ``{image [b, H, W, 3], label [b]}``
+  is this process's part (label -1 = padding) of a global batch of ``batch``."""
+  p, bs = eval_variables(state, params)
+  sharding = NamedSharding(mesh, P("data"))
+  sums = None
+  for b in batches:
+    x = jax.make_array_from_process_local_data(sharding, np.asarray(b["image"]))
+    y = jax.make_array_from_process_local_data(sharding, np.asarray(b["label"], np.int32))
+    out = jit_eval_step(p, bs, x, y, 0, model=model, num_classes=num_classes,
+                        batch=batch, mesh=mesh)
+    sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+  return _eval_summary(sums)
+
+
+def _eval_summary(sums) -> dict:
   sums = jax.device_get(sums)
   count = np.maximum(sums["count"], 1)
   return {

@@ -108,6 +108,8 @@ def _check_divisible(config, n_devices: int) -> None:
 
 
 def _image_shape(config, data) -> tuple[int, ...]:
+  if configs.input_kind(config) == "imagenet":
+    return (config.imagenet.crop_size,) * 2 + (3,)
   if data is not None:
     return tuple(data.x_l.shape[1:])
   if config.dataset in configs.KNOWN_DATASETS:
@@ -167,6 +169,52 @@ def unlabeled_stream(config, step: int):
   return data_lib.stream(config.dataset, "train", config.batch_size * config.mu // n,
                          seed=config.seed + step, data_dir=config.data_dir or None,
                          shard=(jax.process_index(), n))
+
+
+def _imagenet_input(config, step: int, mesh, model, cfg):
+  """The ImageNet input (:mod:`dlpl_jax.imagenet`): labeled and unlabeled views streamed
+  by this process's tf.data pipelines, evaluation streamed from the validation split.
+
+  Returns:
+    ``(next_step, run_eval)``: ``next_step(state) -> (state, metrics)`` and
+    ``run_eval(state) -> eval dict``.
+  """
+  from dlpl_jax import imagenet  # pylint: disable=g-import-not-at-top
+  n, i = jax.process_count(), jax.process_index()
+  found = imagenet.num_classes(config)
+  if found != config.num_classes:
+    raise UsageError(f"{config.imagenet.train_name} has {found} classes but "
+                     f"config.num_classes = {config.num_classes}")
+  source, clip = imagenet.labeled_source(config)
+  labeled = imagenet.labeled_stream(config, source, step, (i, n))
+  unlabeled = imagenet.unlabeled_stream(config, step, (i, n),
+                                        clip if cfg.clip_fallback > 0 else None)
+  sharding = NamedSharding(mesh, P("data"))
+  view_sharding = NamedSharding(mesh, P(None, "data"))
+
+  def put(tree, views=()):
+    return {k: jax.make_array_from_process_local_data(
+        view_sharding if k in views else sharding, np.asarray(v)) for k, v in tree.items()}
+
+  def next_step(st):
+    lab = next(labeled)
+    unl = next(unlabeled)
+    return train.jit_train_step_views(st, put(lab), put(unl, ("weak", "strong")),
+                                      model=model, cfg=cfg, mesh=mesh)
+
+  def run_eval(st):
+    return train.evaluate_batches(st, imagenet.eval_batches(config, (i, n)), model=model,
+                                  num_classes=config.num_classes,
+                                  batch=config.eval_batch_size, mesh=mesh,
+                                  params=configs.eval_params(config))
+  what = (f"labeled {source.name} ({config.imagenet.split}"
+          + (f", {len(source.file_names)} images" if source.file_names is not None else "")
+          + f"), unlabeled {config.imagenet.train_name} train"
+          + (f" less the pseudo-labeled images, CLIP fallback >= {cfg.clip_fallback}"
+             if clip is not None else ""))
+  _log(f"data: {what}; views streamed by tf.data"
+       + (", a disjoint part per process" if n > 1 else "") + "; a resumed run reshuffles")
+  return next_step, run_eval
 
 
 def _stopped_in_startup(stop, step, workdir, writer, ckpt) -> dict:
@@ -253,7 +301,7 @@ def train_and_evaluate(config, workdir: str,
       finite by construction, is kept).
     RunError: a checkpoint could not be written.
   """
-  configs.validate(config)
+  configs.validate(config, check_files=False)  # init_checkpoint: read on a fresh start only
   t_start = time.time()
   own_stop = stop is None
   stop = stop or interrupt.StopSignal()
@@ -296,12 +344,17 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
   # changed config are reported in seconds.
   model = train.build_model(config)
   cfg = train.StepConfig.from_config(config)
-  state = train.create_train_state(config, model, image_shape)
-  state = train.replicate(jax.device_get(state), mesh)
   try:
-    checkpoint_lib.check_writable(workdir, state)
     ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint_every,
                                        config.keep_checkpoints, log=_log)
+    # A run that resumes never reads init_checkpoint (its checkpoint replaces those
+    # weights, and the file may have moved since the run started).
+    fresh = restore_step is None and not ckpt.all_steps()
+    if fresh:
+      configs.validate(config)
+    state = train.create_train_state(config, model, image_shape, read_init=fresh)
+    state = train.replicate(jax.device_get(state), mesh)
+    checkpoint_lib.check_writable(workdir, state)
     if restore_step is not None:
       state = ckpt.restore(state, restore_step)
       restored = restore_step
@@ -342,14 +395,19 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
 
   if _stop_in_startup(stop):
     return _stopped_in_startup(stop, step, workdir, writer, ckpt)
-  if data is None:
+  imagenet_input = configs.input_kind(config) == "imagenet"
+  if data is None and not imagenet_input:
     data = input_pipeline.load(config)
-  _log(f"data: {data.describe(config.num_classes)}")
-  _check_same_data(data)
+  if not imagenet_input:
+    _log(f"data: {data.describe(config.num_classes)}")
+    _check_same_data(data)
   if _stop_in_startup(stop):
     return _stopped_in_startup(stop, step, workdir, writer, ckpt)
 
-  if config.in_memory:
+  eval_which = configs.eval_params(config)
+  if imagenet_input:
+    next_step, run_eval = _imagenet_input(config, step, mesh, model, cfg)
+  elif config.in_memory:
     device_data = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
                                    "y_u": data.y_u}, mesh)
     next_step = lambda st: train.jit_train_step(st, device_data, model=model, cfg=cfg,
@@ -368,8 +426,13 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
     _log("unlabeled batches streamed from TFDS (tf.data"
          + (", a disjoint part of the split per process" if jax.process_count() > 1 else "")
          + "); a resumed run reshuffles")
-  x_test, y_test = train.pad_test_set(data.x_test, data.y_test, config.eval_batch_size)
-  x_test, y_test = train.replicate((x_test, y_test), mesh)
+  if not imagenet_input:
+    x_test, y_test = train.pad_test_set(data.x_test, data.y_test, config.eval_batch_size)
+    x_test, y_test = train.replicate((x_test, y_test), mesh)
+    run_eval = lambda st: train.evaluate(st, x_test, y_test, model=model,  # noqa: E731
+                                         num_classes=config.num_classes,
+                                         batch=config.eval_batch_size, mesh=mesh,
+                                         params=eval_which)
   lr_fn = train.learning_rate_schedule(config)
   pending: list[tuple[int, dict]] = []
   zeros_cc = lambda: train.replicate(np.zeros((config.num_classes,) * 2, np.float32), mesh)
@@ -483,9 +546,7 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
                           mask=f"{last_record['train/mask_rate']:.2f}",
                           pl_acc="-" if acc is None else f"{acc:.2f}", refresh=False)
       if do_eval:
-        ev = train.evaluate(state, x_test, y_test, model=model,
-                            num_classes=config.num_classes, batch=config.eval_batch_size,
-                            mesh=mesh)
+        ev = run_eval(state)
         host = jax.device_get({"c": state.confusion, "cm": state.confusion_masked})
         record = {k: v for k, v in ev.items() if k != "class_features"}
         record["pseudo/confusion"] = host["c"].astype(int).tolist()
@@ -499,7 +560,7 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
             np.savez(path, step=step, class_means=ev["class_features"],
                      per_class_acc=np.asarray(ev["eval/per_class"]))
         state = state.replace(confusion=zeros_cc(), confusion_masked=zeros_cc())
-        say(f"step {step}: EMA test top-1 {ev['eval/top1']:.2f}%; since the last evaluation: "
+        say(f"step {step}: {'EMA' if eval_which == 'ema' else 'student'} test top-1 {ev['eval/top1']:.2f}%; since the last evaluation: "
             f"{_pseudo_summary(last_record)}, mask rate {last_record['train/mask_rate']:.2f}")
       if do_ckpt:
         save(step)
@@ -543,7 +604,7 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
       json.dump(summary, f, indent=2)
     if not summary["interrupted"] and ordered:
       marginal = last_record.get("marginal") or []
-      _log(f"done: {step} steps; EMA test top-1 final {summary['final_top1']:.2f}%, median "
+      _log(f"done: {step} steps; {'EMA' if configs.eval_params(config) == 'ema' else 'student'} test top-1 final {summary['final_top1']:.2f}%, median "
            f"of the last {len(last20)} evals {summary['median_last20_top1']:.2f}%"
            + (f"; marginal min/max {min(marginal):.3f}/{max(marginal):.3f}" if marginal
               else ""))

@@ -1,0 +1,262 @@
+"""The ImageNet input (dlpl_jax/imagenet.py) on a fake ImageNet-shaped TFDS dataset, the
+CLIP fallback against a hand-computed case, the ImageNet configs, and the trainer on
+them (a resume that does not read init_checkpoint again)."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from dlpl_jax import configs
+from dlpl_jax import imagenet
+from dlpl_jax import multiview
+from dlpl_jax import train
+from dlpl_jax.errors import UsageError
+from tests import imagenet_fake
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("fake_tfds"))
+  imagenet_fake.build(d)
+  return d
+
+
+def _config(name="imagenet_1pct", variant="smoke", **overrides):
+  c = configs.load_config_file(os.path.join(REPO, "experiments", f"{name}.py:{variant}"))
+  for k, v in overrides.items():
+    if "." in k:
+      c.imagenet[k.split(".")[1]] = v
+    else:
+      c[k] = v
+  return c
+
+
+def _np_softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _np_ce(logits, labels):
+  logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  return logz - logits[np.arange(len(labels)), labels]
+
+
+# --- pure pieces ---------------------------------------------------------------------
+
+
+class TestSplits:
+
+  def test_draw_fraction_counts_and_seed(self):
+    labels = np.repeat(np.arange(4), [5, 12, 13, 8])
+    a = imagenet.draw_fraction(labels, 0.2, seed=3, num_classes=4)
+    np.testing.assert_array_equal(np.bincount(labels[a], minlength=4), [1, 2, 3, 2])
+    np.testing.assert_array_equal(a, imagenet.draw_fraction(labels, 0.2, 3, 4))
+    assert not np.array_equal(a, imagenet.draw_fraction(labels, 0.2, 4, 4))
+
+  def test_draw_fraction_refuses_an_empty_class(self):
+    with pytest.raises(ValueError, match="class 2 has no image"):
+      imagenet.draw_fraction([0, 1, 3], 0.2, 0, 4)
+
+  def test_imagefolder_order_sorts_by_class_then_name(self):
+    names = ["n2_b.JPEG", "n1_z.JPEG", "n2_a.JPEG", "n1_c.JPEG"]
+    np.testing.assert_array_equal(imagenet.imagefolder_order(names, [1, 0, 1, 0]),
+                                  [3, 1, 2, 0])
+
+
+class TestClipFallback:
+
+  def test_against_hand_computed_case(self):
+    """K = 2 views, B = 4, C = 3; the fallback takes image i iff CLIP's prob >= 0.3
+    and none of the mean-weak / weak-1 / weak-2 debiased pseudo-labels passes 0.8."""
+    rng = np.random.default_rng(0)
+    weak = np.zeros((2, 4, 3), np.float32)
+    weak[:, 0] = [6.0, 0.0, 0.0]          # confident in both views: masked, no fallback
+    weak[0, 1] = [6.0, 0.0, 0.0]          # confident in view 1 only: no fallback
+    weak[:, 2] = [0.5, 0.2, 0.0]          # never confident: fallback if CLIP >= 0.3
+    weak[:, 3] = [0.1, 0.4, 0.0]          # never confident, CLIP prob too low
+    strong = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    marginal = np.array([0.5, 0.3, 0.2], np.float32)
+    new_marginal = np.array([0.45, 0.35, 0.2], np.float32)
+    clip_labels = np.array([2, 2, 1, 0])
+    clip_probs = np.array([0.9, 0.9, 0.3, 0.29], np.float32)
+    tau, thr = 0.4, 0.8
+    masks = []
+    for src in [weak.mean(0), weak[0], weak[1]]:
+      q = _np_softmax(src - tau * np.log(marginal))
+      masks.append(q.max(-1) >= thr)
+    want_f = (clip_probs >= 0.3) & ~np.any(masks, axis=0)
+    np.testing.assert_array_equal(want_f, [False, False, True, False])
+    want = np.mean([np.mean(want_f * _np_ce(strong[k] + tau * np.log(new_marginal),
+                                            clip_labels)) for k in range(2)])
+    loss, f = multiview.clip_fallback_loss(weak, strong, marginal, new_marginal,
+                                           clip_labels, clip_probs, tau, thr, 0.3)
+    np.testing.assert_array_equal(np.asarray(f), want_f.astype(np.float32))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+    assert want > 0
+
+  def test_in_the_step_the_unlabeled_loss_is_the_average(self):
+    c = _config("imagenet_clip_zeroshot", "smoke", **{"imagenet.clip_labeled": "x.npz"})
+    cfg = train.StepConfig.from_config(c)
+    assert cfg.clip_fallback == 0.3 and cfg.num_views == 2 and cfg.teacher
+    assert train.StepConfig.from_config(_config()).clip_fallback == 0.0
+
+
+class TestConfigs:
+
+  @pytest.mark.parametrize("name,momentum,cld", [("imagenet_1pct", 0.999, 0.3),
+                                                 ("imagenet_0p2pct", 0.99, 0.1),
+                                                 ("imagenet_clip_zeroshot", 0.99, 0.3)])
+  def test_official_numbers(self, name, momentum, cld):
+    c = _config(name, "")
+    assert (c.batch_size, c.mu, c.lr, c.momentum, c.nesterov, c.weight_decay) == (
+        64, 5, 0.003, 0.9, False, 1e-4)
+    assert (c.threshold, c.tau, c.lambda_u, c.teacher_momentum, c.num_views) == (
+        0.8, 0.4, 10.0, 0.999, 2)
+    assert (c.marginal_momentum, c.cld_weight) == (momentum, cld)
+    assert c.weight_decay_all and c.teacher and c.eval_params == "student"
+    per_epoch = 1_281_167 // 320
+    assert (c.total_steps, c.warmup_steps, c.lr_update_every) == (
+        50 * per_epoch, 5 * per_epoch, per_epoch)
+    assert c.imagenet.crop_scale_min == 0.08 and c.imagenet.crop_size == 224
+
+  def test_cifar_config_keeps_its_keys(self):
+    c = configs.get_base_config()
+    assert configs.input_kind(c) == "tfds" and configs.eval_params(c) == "ema"
+    assert "imagenet" not in c
+
+  @pytest.mark.parametrize("key,value,match", [
+      ("imagenet.split", "5pct", "imagenet.split must be"),
+      ("eval_params", "teacher", "eval_params must be one of"),
+      ("in_memory", True, "set in_memory = False"),
+      ("imagenet.clip_fallback", 0.3, "applies to split 'clip' only"),
+  ])
+  def test_bad_values_refused(self, key, value, match):
+    with pytest.raises(UsageError, match=match):
+      configs.validate(_config(**{key: value}))
+
+
+# --- the tf.data pipeline ------------------------------------------------------------
+
+
+class TestPipeline:
+
+  def test_views_shapes_and_sharding(self, fake_dir):
+    c = _config(data_dir=fake_dir)
+    source, clip = imagenet.labeled_source(c)
+    assert clip is None and source.name == imagenet_fake.SUBSET
+    lab = next(imagenet.labeled_stream(c, source, 0, (0, 1)))
+    assert lab["image"].shape == (4, 32, 32, 3) and lab["image"].dtype == np.uint8
+    parts = [next(imagenet.unlabeled_stream(c, 0, (i, 2))) for i in range(2)]
+    for u in parts:  # each process: B * mu / 2 images, K = 2 weak and 2 strong crops
+      assert u["weak"].shape == (2, 4, 32, 32, 3) and u["strong"].shape == (2, 4, 32, 32, 3)
+      assert not np.array_equal(u["weak"][0], u["weak"][1])  # independent crops
+    # Evaluation: every validation image once over the processes, same batch count.
+    evs = [list(imagenet.eval_batches(c, (i, 3))) for i in range(3)]
+    assert len({len(e) for e in evs}) == 1
+    labels = np.concatenate([b["label"] for e in evs for b in e])
+    assert (labels >= 0).sum() == 40 and all(b["image"].shape[1:] == (32, 32, 3)
+                                             for e in evs for b in e)
+
+  def test_0p2pct_draws_from_the_subset(self, fake_dir):
+    c = _config("imagenet_0p2pct", data_dir=fake_dir)
+    source, _ = imagenet.labeled_source(c)
+    assert len(source.file_names) == 10  # round(0.2 * 5) = 1 per class
+    assert sorted(source.targets.tolist()) == list(range(10))
+    batch = next(imagenet.labeled_stream(c, source, 0, (0, 1)))
+    assert set(batch["label"].tolist()) <= set(range(10))
+
+
+def test_randaugment_cutout_at_224():
+  x = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), np.uint8)
+  out = np.asarray(jax.jit(train.randaugment_cutout)(jax.random.PRNGKey(1), x))
+  assert out.shape == x.shape and out.dtype == np.float32
+  assert out.min() >= 0 and out.max() <= 255 and np.all(out == np.round(out))
+  assert not np.array_equal(out, x)
+
+
+# --- the trainer ---------------------------------------------------------------------
+
+
+def _init_file(c, path):
+  """Backbone variables as a self-supervised checkpoint holds them (no classifier)."""
+  state = train.create_train_state(c, train.build_model(c), (32, 32, 3))
+  flat = {}
+  for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
+    for k, v in flax.traverse_util.flatten_dict(jax.device_get(tree)).items():
+      if k[0] != "classifier":
+        flat["/".join((name,) + k)] = np.asarray(v) + (0.01 if name == "params" else 0.0)
+  np.savez(path, **flat)
+
+
+def test_trainer_imagenet_smoke_resumes_without_the_init_file(fake_dir, tmp_path):
+  from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
+  c = _config(data_dir=fake_dir)
+  _init_file(c, tmp_path / "init.npz")
+  c.init_checkpoint = str(tmp_path / "init.npz")
+  out = trainer.train_and_evaluate(c, str(tmp_path / "run"), stop_at=3)
+  assert out["step"] == 3 and out["interrupted"]
+  shutil.move(tmp_path / "init.npz", tmp_path / "moved.npz")  # the file is gone
+  out = trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  assert out["step"] == 6 and not out["interrupted"] and out["num_evals"] == 2
+  assert out["final_top1"] is not None
+  # A fresh run with the file gone is refused in one line.
+  with pytest.raises(UsageError, match="is not a file"):
+    trainer.train_and_evaluate(c, str(tmp_path / "other"))
+
+
+# --- end to end through the command line (slow) --------------------------------------
+
+
+def _main(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "dlpl_jax.main", *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def _clip_csvs(fake_dir, tmp_path):
+  c = _config(data_dir=fake_dir)
+  meta = imagenet._read_meta(imagenet_fake.TRAIN, "train", fake_dir)  # pylint: disable=protected-access
+  index = imagenet.imagefolder_order(meta["file_name"], meta["label"])
+  rng = np.random.default_rng(0)
+  probs = rng.uniform(0.1, 1.0, len(index))
+  preds = np.where(rng.uniform(size=len(index)) < 0.8, meta["label"], (meta["label"] + 1) % 10)
+  del c
+  for name, sel in (("L.csv", probs >= 0.7), ("U.csv", probs < 0.7)):
+    with open(tmp_path / name, "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["Index", "PseudoLabel", "Probs"])
+      for i, p, q in zip(index[sel], preds[sel], probs[sel]):
+        w.writerow([int(i), int(p), f"{q:.4f}"])
+  return str(tmp_path / "L.csv"), str(tmp_path / "U.csv")
+
+
+@pytest.mark.slow  # four command-line runs (~2.5 min on a 2-vCPU CPU)
+def test_command_line_smoke_runs(fake_dir, tmp_path):
+  run = str(tmp_path / "run")
+  base = ["--config=experiments/imagenet_1pct.py:smoke", f"--config.data_dir={fake_dir}",
+          f"--workdir={run}"]
+  first = _main(*base, "--config.imagenet.epochs=1")
+  assert first.returncode == 0, first.stderr[-2000:]
+  resumed = _main(*base, "--allow_config_change")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from" in resumed.stderr and "done: 6 steps" in resumed.stderr
+  r = _main("--config=experiments/imagenet_0p2pct.py:smoke", f"--config.data_dir={fake_dir}",
+            f"--workdir={tmp_path / 'p2'}")
+  assert r.returncode == 0 and "10 images" in r.stderr, r.stderr[-2000:]
+  lab, unl = _clip_csvs(fake_dir, tmp_path)
+  r = _main("--config=experiments/imagenet_clip_zeroshot.py:smoke",
+            f"--config.data_dir={fake_dir}", f"--workdir={tmp_path / 'clip'}",
+            f"--config.imagenet.clip_labeled={lab}", f"--config.imagenet.clip_unlabeled={unl}",
+            f"--config.imagenet.index_cache={tmp_path / 'files.npz'}")
+  assert r.returncode == 0 and "CLIP fallback >= 0.3" in r.stderr, r.stderr[-2000:]
+  with open(tmp_path / "clip" / "metrics.jsonl") as f:
+    assert "train/clip_rate" in f.read()
