@@ -41,7 +41,7 @@ endif
 WORKDIR ?=
 ARGS    ?=
 
-.PHONY: install train test test-slow bench analyze study clean
+.PHONY: install train test test-slow bench analyze study study-imbalanced clean
 
 # (Re)install when the venv is missing or pyproject.toml / the lock changed. A venv made
 # with an unsupported Python, or left by a failed install, is removed first.
@@ -78,9 +78,15 @@ analyze: $(STAMP)
 	@test -n "$(WORKDIR)" || { echo "usage: make analyze WORKDIR=runs/NAME [ARGS=runs/OTHER]" >&2; exit 2; }
 	$(PY) -m dlpl_jax.analyze $(WORKDIR) $(ARGS)
 
-# The CPU study (experiments/study_cpu.py): 2 methods x 2 seeds, table + plots.
+# The CPU studies: 2 methods x 2 seeds, table + plots. `study`: balanced CIFAR-10, 4
+# labels per class (experiments/study_cpu.py, about 1.5 h here); `study-imbalanced`:
+# CIFAR-10-LT and the mismatch setting (experiments/study_imbalanced.py, 8 runs sized
+# for about 15 min each here). Both resume where they stopped.
 study: $(STAMP)
 	$(PY) -m experiments.run_study $(ARGS)
+
+study-imbalanced: $(STAMP)
+	$(PY) -m experiments.run_study --study=imbalanced $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -139,7 +139,7 @@ def _complete(ev: dict, train: dict | None) -> dict:
     if conf is not None:
       out.update(metrics_lib.pseudo_label_stats(conf, prefix))
     elif train is not None:
-      for name in ("counts", "imbalance", "kl_uniform", "acc"):
+      for name in ("counts", "imbalance", "kl_uniform", "kl_true", "acc"):
         k = f"{prefix}/{name}"
         if out.get(k) is None and train.get(k) is not None:
           out[k] = train[k]
@@ -166,7 +166,9 @@ def eval_records(records: Sequence[dict]) -> list[dict]:
 
 def window_stat(r: dict, prefix: str, name: str) -> float:
   """``{prefix}/{name}`` of an eval record (``prefix`` "pseudo" or "pseudo_masked",
-  ``name`` "acc", "imbalance" or "kl_uniform"); NaN when undefined: null, missing, or a
+  ``name`` "acc", "imbalance", "kl_uniform" or "kl_true"); NaN when undefined: null,
+  missing (e.g. written before ``kl_true`` existed: then recomputed from the confusion
+  matrix where the record has one), or a
   window without (confident) pseudo-labels."""
   counts = r.get(f"{prefix}/counts")
   try:
@@ -299,6 +301,27 @@ def proportions(evals: Sequence[dict], key: str = ALL) -> tuple[np.ndarray, np.n
   return np.asarray(steps), np.stack(props)
 
 
+def true_shares(evals: Sequence[dict]) -> np.ndarray | None:
+  """The true class shares ``[C]`` of the unlabeled images the run drew (row sums of all
+  windows' ``pseudo/confusion``), or None without confusion matrices."""
+  mats = [m for m in (_matrix(r, ALL) for r in evals) if m is not None]
+  if not mats:
+    return None
+  rows = np.sum(mats, axis=0).sum(axis=1)
+  return rows / rows.sum() if rows.sum() > 0 else None
+
+
+def skewed(evals: Sequence[dict]) -> bool:
+  """Whether the run's unlabeled images are not balanced (long-tailed data): the most
+  frequent true class above 1.5x the least, over at least 200 images per class (so that
+  sampling noise of a balanced set does not count)."""
+  mats = [m for m in (_matrix(r, ALL) for r in evals) if m is not None]
+  if not mats:
+    return False
+  rows = np.sum(mats, axis=0).sum(axis=1)
+  return bool(rows.sum() >= 200 * len(rows) and rows.max() > 1.5 * rows.min())
+
+
 def window_confusion(evals: Sequence[dict], key: str = ALL, last_frac: float = 0.25
                      ) -> tuple[np.ndarray | None, str]:
   """Sums the confusion matrices of the last ``ceil(last_frac * E)`` (at least one) eval
@@ -353,13 +376,18 @@ def _empty(ax, text: str) -> None:
 def plot_proportions(records: Sequence[dict], ax, key: str = ALL,
                      names: Sequence[str] | None = None, title: str | None = None,
                      legend: bool = True) -> None:
-  """Panel a: each class's share of the pseudo-labels per eval window, dashed 1/C.
+  """Panel a: each class's share of the pseudo-labels per eval window, dashed 1/C; for
+  a run whose unlabeled data are not balanced (:func:`skewed`), each class's TRUE share
+  of the unlabeled images instead, dashed in the class's colour (the target an unbiased
+  pseudo-labeler meets).
 
   ``records``: metrics.jsonl records (eval records are picked out). With more than
   ``_MANY`` classes the lines are grey and the 3 most and least predicted classes (last
   window) are coloured.
   """
-  steps, props = proportions(eval_records(records), key)
+  evals = eval_records(records)
+  steps, props = proportions(evals, key)
+  truth = true_shares(evals) if skewed(evals) else None
   kind = "confident (masked)" if key == MASKED else "all"
   ax.set_title(title or f"pseudo-label class proportions, {kind}", fontsize=10)
   if props.size == 0:
@@ -373,6 +401,8 @@ def plot_proportions(records: Sequence[dict], ax, key: str = ALL,
   elif c <= _MANY:
     for k, col in enumerate(_colors(c)):
       ax.plot(steps, props[:, k], color=col, marker=marker, ms=3, lw=1.4, label=names[k])
+      if truth is not None and truth.shape == (c,):
+        ax.axhline(truth[k], color=col, ls="--", lw=0.9)
   else:
     last = props[~np.isnan(props).any(axis=1)]
     last = last[-1] if len(last) else np.zeros(c)
@@ -383,7 +413,10 @@ def plot_proportions(records: Sequence[dict], ax, key: str = ALL,
         ax.plot(steps, props[:, k], color="0.75", lw=0.6)
     for k, col in zip(hl, _colors(10)[:3] + _colors(10)[7:10]):
       ax.plot(steps, props[:, k], color=col, marker=marker, ms=3, lw=1.4, label=names[k])
-  ax.axhline(1.0 / c, color="k", ls="--", lw=1, label="1/C")
+  if truth is not None and truth.shape == (c,) and c <= _MANY:
+    ax.plot([], [], color="0.4", ls="--", lw=0.9, label="true share\n(unlabeled set)")
+  else:
+    ax.axhline(1.0 / c, color="k", ls="--", lw=1, label="1/C")
   if np.isnan(props).all():
     ax.text(0.5, 0.5, f"no {kind} pseudo-labels yet", ha="center", va="center",
             transform=ax.transAxes, fontsize=10, color="0.3")
@@ -653,11 +686,14 @@ def plot_similarity_vs_share(class_means: np.ndarray | None, conf: np.ndarray | 
 
 def plot_curves(runs: Sequence[Run], axes) -> None:
   """Test top-1, pseudo-label imbalance (log scale) and KL(pseudo-labels || uniform) per
-  eval, for each run; solid = all pseudo-labels, dotted = confident ones. A window
+  eval, for each run; solid = all pseudo-labels, dotted = confident ones. When a run's
+  unlabeled data are not balanced (:func:`skewed`), the KL panel shows KL(pseudo-labels
+  || true class shares of the same images) instead: uniform is not the target. A window
   without (confident) pseudo-labels or with a null value is a gap, not a 0; a series
   without any value is neither drawn nor in the legend."""
   ax_top, ax_imb, ax_kl = axes
   colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+  kl_name = "kl_true" if any(skewed(run.evals) for run in runs) else "kl_uniform"
 
   def draw(ax, steps, ys, **kw) -> None:
     ys = np.asarray(ys, np.float64)
@@ -676,7 +712,7 @@ def plot_curves(runs: Sequence[Run], axes) -> None:
       tag = "all" if prefix == "pseudo" else "confident"
       draw(ax_imb, steps, [window_stat(r, prefix, "imbalance") for r in ev], color=col,
            ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
-      draw(ax_kl, steps, [window_stat(r, prefix, "kl_uniform") for r in ev], color=col,
+      draw(ax_kl, steps, [window_stat(r, prefix, kl_name) for r in ev], color=col,
            ls=ls, marker=mk, ms=3, label=f"{run.label}, {tag}")
   ax_top.set_title("EMA model test top-1", fontsize=10)
   ax_top.set_ylabel("top-1 (%)")
@@ -689,7 +725,8 @@ def plot_curves(runs: Sequence[Run], axes) -> None:
     from matplotlib import ticker  # pylint: disable=g-import-not-at-top
     ax_imb.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax_imb.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-  ax_kl.set_title("KL(pseudo-labels || uniform)", fontsize=10)
+  ax_kl.set_title("KL(pseudo-labels || true class shares)" if kl_name == "kl_true"
+                  else "KL(pseudo-labels || uniform)", fontsize=10)
   ax_kl.set_ylabel("nats")
   for ax in axes:
     ax.set_xlabel("training step")
@@ -771,6 +808,8 @@ def _run_facts(run: Run, last_frac: float) -> dict[str, str]:
         "imbalance", "{:.1f}")
     facts["KL to uniform (nats), all / confident (last window)"] = stat(
         "kl_uniform", "{:.3f}")
+    facts["KL to the true class shares of the same images (nats), all / confident (last "
+          "window)"] = stat("kl_true", "{:.3f}")
     marginal = np.asarray([_num(v) for v in (last.get("marginal") or [])])
     if marginal.size == run.num_classes and np.isfinite(marginal).all():
       hi, lo = int(np.argmax(marginal)), int(np.argmin(marginal))

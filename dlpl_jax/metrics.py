@@ -40,6 +40,10 @@ def pseudo_label_stats(confusion: np.ndarray, prefix: str = "pseudo") -> dict[st
     (max count / min count, with the min floored at 1 so an absent class gives a finite,
     large ratio; None when there are no pseudo-labels), ``{prefix}/kl_uniform``
     (KL(predicted distribution || uniform), nats; 0 for perfectly balanced pseudo-labels;
+    None when there are none), ``{prefix}/kl_true`` (KL(predicted distribution || true
+    class distribution of the same images), nats, the true distribution from the row
+    sums with half a count added per class so that it has no zero; the measure of bias
+    when the unlabeled data are not balanced, where uniform is not the right target;
     None when there are none) and ``{prefix}/acc`` (trace / total; None when there are
     no pseudo-labels). None is written as JSON ``null``: undefined, never a number.
 
@@ -49,6 +53,9 @@ def pseudo_label_stats(confusion: np.ndarray, prefix: str = "pseudo") -> dict[st
     ([3, 1], 3.0, 0.75)
     >>> pseudo_label_stats(np.zeros((2, 2)), "pseudo_masked")["pseudo_masked/acc"] is None
     True
+    >>> # Pseudo-labels in the true classes' proportions: no bias, although not uniform.
+    >>> round(pseudo_label_stats(np.array([[90, 0], [0, 10]]))["pseudo/kl_true"], 4)
+    0.0
   """
   confusion = np.asarray(confusion, np.float64)
   if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
@@ -56,17 +63,20 @@ def pseudo_label_stats(confusion: np.ndarray, prefix: str = "pseudo") -> dict[st
   counts = confusion.sum(axis=0)
   total = counts.sum()
   c = len(counts)
-  kl = acc = imbalance = None
+  kl = kl_true = acc = imbalance = None
   if total > 0:
     p = counts / total
     nz = p > 0
     kl = float(np.sum(p[nz] * np.log(p[nz] * c)))
+    q = (confusion.sum(axis=1) + 0.5) / (total + 0.5 * c)
+    kl_true = float(np.sum(p[nz] * np.log(p[nz] / q[nz])))
     acc = float(np.trace(confusion) / total)
     imbalance = float(counts.max() / max(counts.min(), 1.0))
   return {
       f"{prefix}/counts": [int(round(x)) for x in counts],
       f"{prefix}/imbalance": imbalance,
       f"{prefix}/kl_uniform": kl,
+      f"{prefix}/kl_true": kl_true,
       f"{prefix}/acc": acc,
   }
 

@@ -384,3 +384,37 @@ def test_curve_legends_list_only_drawn_series():
   ax = fig.subplots()
   analyze.plot_proportions(evals, ax, analyze.MASKED)
   assert [t.get_text() for t in ax.get_legend().get_texts()] == ["1/C"]
+
+
+def test_long_tailed_unlabeled_data_are_judged_against_their_true_shares():
+  """Unlabeled classes with 4000 ... 40 images (gamma = 100): pseudo-labels in exactly
+  those proportions are unbiased (KL to the true shares 0) although far from uniform;
+  uniform pseudo-labels are the biased ones there. The curves' KL panel and panel a
+  switch to the true shares; a balanced run keeps KL to uniform."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  counts = np.array([int(4000 * 100 ** (-k / 9)) for k in range(10)])
+  honest = np.diag(counts)
+  flat = np.repeat(counts[:, None] / 10.0, 10, axis=1).round().astype(int)  # uniform labels
+  s_honest = metrics_lib.pseudo_label_stats(honest)
+  s_flat = metrics_lib.pseudo_label_stats(flat)
+  assert s_honest["pseudo/kl_true"] < 0.01 < 0.5 < s_honest["pseudo/kl_uniform"]
+  assert s_flat["pseudo/kl_true"] > 0.5 and s_flat["pseudo/kl_uniform"] < 0.01
+  evals = [eval_record(100, honest), eval_record(200, honest)]
+  assert analyze.skewed(evals)
+  np.testing.assert_allclose(analyze.true_shares(evals), counts / counts.sum())
+  assert not analyze.skewed([eval_record(100, biased_confusion(20))])
+  for evs, title in ((evals, "true class shares"), ([eval_record(100, 80 * np.eye(10))] * 3,
+                                                    "uniform")):
+    run = analyze.Run(workdir="w", config={"method": "debiaspl"}, summary=None,
+                      records=evs, evals=analyze.eval_records(evs), features=None,
+                      class_names=[str(i) for i in range(10)])
+    fig, axes = plt.subplots(1, 3)
+    analyze.plot_curves([run], axes)
+    assert title in axes[2].get_title()
+    plt.close(fig)
+  fig, ax = plt.subplots()
+  analyze.plot_proportions(evals, ax)
+  assert "true share\n(unlabeled set)" in [t.get_text() for t in ax.get_legend().get_texts()]
+  plt.close(fig)

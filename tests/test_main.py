@@ -51,7 +51,7 @@ def test_smoke_run_on_real_cifar10_then_resume(tmp_path, cifar_dir):
   assert [r["step"] for r in train_recs] == [20, 40, 60, 80, 100, 120]
   for key in ("train/loss", "train/loss_x", "train/loss_u", "train/mask_rate", "train/lr",
               "pseudo/acc", "pseudo/counts", "pseudo/imbalance", "pseudo/kl_uniform",
-              "marginal"):
+              "pseudo/kl_true", "marginal"):
     assert key in train_recs[-1], key
   assert len(eval_recs[-1]["eval/per_class"]) == 10
   assert len(eval_recs[-1]["pseudo/confusion"]) == 10
