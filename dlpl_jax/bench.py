@@ -14,6 +14,16 @@ augmentation is also timed alone.
 Eval is :func:`~dlpl_jax.train.jit_eval_step` with the EMA params, one batch of
 ``eval_batch_size`` images at a time. Numbers are per process (all its devices).
 
+ImageNet configs (``input = 'imagenet'``): the step is
+:func:`~dlpl_jax.train.jit_train_step_views` on synthetic host-made views at the config's
+crop size (``B`` labeled views, ``K`` weak and ``K`` strong crops of ``B * mu`` images;
+RandAugment + Cutout of the strong crops on the device, timed alone as the
+augmentation), so the host's decoding and cropping are not included. With
+``--steps_per_epoch N`` (default for these configs: ``imagenet.unlabeled_images /
+(B * mu)``) the report adds the cost of one epoch and of the run's epochs. The full
+ResNet-50 step (64 + 2 x 2 x 320 images at 224) is for an accelerator; on a CPU use e.g.
+``--config.batch_size=2 --config.mu=1``.
+
 On CPU (jax 0.10.2) the XLA flag
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` (Eigen instead of
 YNNPACK convolutions) made the full step about 2x faster, the kernel gradients most:
@@ -77,8 +87,39 @@ def synthetic_data(config) -> input_pipeline.SSLData:
       test=config.eval_batch_size, image_size=IMAGE_SIZE)
 
 
-def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | None = None
-                  ) -> dict:
+def _views_setup(config, mesh):
+  """Synthetic host-made views for an ImageNet config, placed as the trainer places them."""
+  rng = np.random.default_rng(0)
+  s, k = config.imagenet.crop_size, config.num_views
+  b, bu = config.batch_size, config.batch_size * config.mu
+  img = lambda *shape: rng.integers(0, 256, shape + (s, s, 3), np.uint8)  # noqa: E731
+  lab = lambda n: rng.integers(0, config.num_classes, (n,)).astype(np.int32)  # noqa: E731
+  sharding = NamedSharding(mesh, P("data"))
+  views = NamedSharding(mesh, P(None, "data"))
+  labeled = {"image": jax.device_put(img(b), sharding), "label": jax.device_put(lab(b), sharding)}
+  unlabeled = {"weak": jax.device_put(img(k, bu), views),
+               "strong": jax.device_put(img(k, bu), views),
+               "label": jax.device_put(lab(bu), sharding)}
+  if train.StepConfig.from_config(config).clip_fallback > 0:
+    unlabeled["clip_label"] = jax.device_put(lab(bu), sharding)
+    unlabeled["clip_prob"] = jax.device_put(rng.uniform(size=bu).astype(np.float32), sharding)
+  test = (img(config.eval_batch_size), lab(config.eval_batch_size))
+  return labeled, unlabeled, test
+
+
+def _views_augment_time(unlabeled, k: int, steps: int) -> float:
+  """Median seconds of RandAugment + Cutout on the K strong crops alone."""
+  @jax.jit
+  def views(key):
+    keys = jax.random.split(key, k)
+    return [train.randaugment_cutout(keys[i], unlabeled["strong"][i]) for i in range(k)]
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), steps + 3))
+  _timed(lambda: views(next(keys)), 2)
+  return _stats(_timed(lambda: views(next(keys)), steps))["median"]
+
+
+def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | None = None,
+                  steps_per_epoch: int | None = None) -> dict:
   """Compiles and times the config's train step and eval step.
 
   Args:
@@ -96,7 +137,9 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
     which on a GPU costs ~3 ms of a ~10 ms step; the trainer also overlaps its steps but
     measured 7-14% under this on an H100/H200), ``augment_s_median``
     (the augmentation alone), ``eval_compile_s``, ``eval_batch_s_median`` / ``_p10`` / ``_p90``,
-    ``eval_images_per_s``, ``final_loss``.
+    ``eval_images_per_s``, ``final_loss``; with ``steps_per_epoch`` (ImageNet
+    configs: their epoch by default) ``epoch_s`` and ``run_s`` (epochs x epoch_s), from
+    the back-to-back rate.
   """
   configs.validate(config)
   mesh = train.make_mesh()
@@ -105,22 +148,35 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
                   ("eval_batch_size", config.eval_batch_size)):
     if v % mesh.size:
       raise ValueError(f"{name} = {v} must be divisible by the {mesh.size} devices")
-  data = synthetic_data(config)
   model = train.build_model(config)
   cfg = train.StepConfig.from_config(config)
-  state = train.create_train_state(config, model, data.x_l.shape[1:])
+  views = configs.input_kind(config) == "imagenet"
+  if views:
+    labeled, unlabeled, (x_test, y_test) = _views_setup(config, mesh)
+    shape = tuple(labeled["image"].shape[1:])
+    args = (labeled, unlabeled)
+    jitted = train.jit_train_step_views
+    images = b + 2 * cfg.num_views * b * mu  # trained + teacher/weak images
+    if steps_per_epoch is None:
+      steps_per_epoch = max(1, config.imagenet.unlabeled_images // (b * mu))
+  else:
+    data = synthetic_data(config)
+    shape = data.x_l.shape[1:]
+    args = (train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
+                             "y_u": data.y_u}, mesh),)
+    jitted = train.jit_train_step
+    images = b * (1 + 2 * mu)
+    x_test, y_test = data.x_test, data.y_test
+  state = train.create_train_state(config, model, shape, read_init=False)
   state = train.replicate(jax.device_get(state), mesh)
-  device_data = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
-                                 "y_u": data.y_u}, mesh)
 
   t = time.perf_counter()
-  step = train.jit_train_step.lower(state, device_data, model=model, cfg=cfg,
-                                    mesh=mesh).compile()
+  step = jitted.lower(state, *args, model=model, cfg=cfg, mesh=mesh).compile()
   compile_s = time.perf_counter() - t
   holder = {"state": state}
 
   def one_step():
-    holder["state"], m = step(holder["state"], device_data)
+    holder["state"], m = step(holder["state"], *args)
     return holder["state"], m
 
   first_step_s = _timed(one_step, 1)[0]
@@ -135,12 +191,13 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
   pipelined_s = (time.perf_counter() - t) / steps
   final_loss = float(one_step()[1]["train/loss"])
   st = _stats(times)
-  augment_s = _augment_time(mesh, data, b, mu, steps)
+  augment_s = (_views_augment_time(unlabeled, cfg.num_views, steps) if views
+               else _augment_time(mesh, data, b, mu, steps))
 
-  x_test, y_test = train.replicate((data.x_test, data.y_test), mesh)
+  x_test, y_test = train.replicate((x_test, y_test), mesh)
   eb = config.eval_batch_size
   kw = dict(model=model, num_classes=config.num_classes, batch=eb, mesh=mesh)
-  ema, bs = holder["state"].ema_params, holder["state"].batch_stats
+  ema, bs = train.eval_variables(holder["state"], configs.eval_params(config))
   t = time.perf_counter()
   ev = train.jit_eval_step.lower(ema, bs, x_test, y_test, 0, **kw).compile()
   eval_compile_s = time.perf_counter() - t
@@ -149,7 +206,11 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
   est = _stats(_timed(run_eval, max(2, eval_steps or min(steps, 10))))
 
   dev = jax.devices()[0]
-  images = b * (1 + 2 * mu)
+  epoch = {}
+  if steps_per_epoch:
+    epochs = config.imagenet.epochs if views else config.total_steps / steps_per_epoch
+    epoch = {"steps_per_epoch": steps_per_epoch, "epoch_s": pipelined_s * steps_per_epoch,
+             "epochs": epochs, "run_s": pipelined_s * steps_per_epoch * epochs}
   return {
       "device_kind": dev.device_kind, "platform": dev.platform, "device_count": mesh.size,
       "jax_version": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -164,7 +225,8 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
       "eval_batch": eb, "eval_compile_s": eval_compile_s,
       "eval_batch_s_median": est["median"], "eval_batch_s_p10": est["p10"],
       "eval_batch_s_p90": est["p90"], "eval_images_per_s": eb / est["median"],
-      "final_loss": final_loss,
+      "final_loss": final_loss, "num_views": cfg.num_views,
+      "eval_params": configs.eval_params(config), **epoch,
   }
 
 
@@ -173,7 +235,8 @@ def format_report(r: dict) -> str:
       f"device      {r['device_count']} x {r['device_kind']} ({r['platform']}), "
       f"jax {r['jax_version']}, XLA_FLAGS={r['xla_flags']!r}",
       f"config      model {r['model']}, dtype {r['dtype']}, labeled B={r['batch_labeled']},"
-      f" unlabeled B*mu={r['batch_unlabeled']}, images/step B*(1+2mu)="
+      f" unlabeled B*mu={r['batch_unlabeled']}, images/step "
+      f"{'B*(1+2mu)' if r.get('num_views', 1) == 1 else 'B*(1+2K mu)'}="
       f"{r['images_per_step']}",
       f"compile     train step {r['compile_s']:.1f}s (lower+compile), first call "
       f"{r['first_step_s']:.2f}s; eval step {r['eval_compile_s']:.1f}s",
@@ -183,19 +246,26 @@ def format_report(r: dict) -> str:
       f"augmentation included)",
       f"            {r['steps_per_s_pipelined']:.3f} steps/s back to back, as the trainer "
       f"runs ({r['step_s_pipelined'] * 1e3:.1f} ms/step, {r['steps']} steps, one sync)",
-      f"augment     {r['augment_s_median'] * 1e3:.1f} ms/step alone (weak labeled, weak + "
-      f"strong unlabeled; {100 * r['augment_s_median'] / r['step_s_median']:.0f}% of the "
+      f"augment     {r['augment_s_median'] * 1e3:.1f} ms/step alone ("
+      + ("weak labeled, weak + strong unlabeled" if r.get("num_views", 1) == 1 and
+         "steps_per_epoch" not in r else "RandAugment + Cutout of the strong crops")
+      + f"; {100 * r['augment_s_median'] / r['step_s_median']:.0f}% of the "
       f"step's median)",
       f"eval        {r['eval_images_per_s']:.0f} images/s (batch {r['eval_batch']}, median "
-      f"{r['eval_batch_s_median'] * 1e3:.1f} ms/batch, EMA params)",
+      f"{r['eval_batch_s_median'] * 1e3:.1f} ms/batch, {r.get('eval_params', 'ema')} "
+      "params)",
       f"final loss  {r['final_loss']:.4f}",
-  ])
+  ] + ([f"epoch       {r['steps_per_epoch']:,} steps: {r['epoch_s'] / 3600:.2f} h per epoch, "
+        f"{r['run_s'] / 3600:.1f} h for {r['epochs']:g} epochs at the back-to-back rate "
+        "(device step only: host decoding and cropping not included)"]
+       if "epoch_s" in r else []))
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  r = run_benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  r = run_benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value,
+                    steps_per_epoch=_STEPS_PER_EPOCH.value)
   print(format_report(r), flush=True)
   if _JSON.value:
     with open(_JSON.value, "w", encoding="utf-8") as f:
@@ -212,6 +282,9 @@ if __name__ == "__main__":
                                             lock_config=True)
   _STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps.")
   _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed train steps after the first.")
+  _STEPS_PER_EPOCH = flags.DEFINE_integer(
+      "steps_per_epoch", None, "Report the cost of an epoch of this many steps (ImageNet "
+      "configs: their epoch by default).")
   _JSON = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
   flags.mark_flags_as_required(["config"])
   import sys  # pylint: disable=g-import-not-at-top

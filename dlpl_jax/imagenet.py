@@ -86,7 +86,8 @@ def draw_fraction(labels, fraction: float, seed: int, num_classes: int) -> np.nd
   if counts.min() == 0:
     raise ValueError(f"class {int(np.argmin(counts))} has no image to draw from")
   need = [max(1, int(round(fraction * n))) for n in counts]
-  return data_lib._draw(labels, [need], seed, f"{fraction:.0%} per class")[0]  # pylint: disable=protected-access
+  draw = data_lib._draw  # pylint: disable=protected-access
+  return draw(labels, [need], seed, f"{fraction:.0%} per class")[0]
 
 
 def imagefolder_order(file_names, labels) -> np.ndarray:

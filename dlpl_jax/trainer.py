@@ -42,17 +42,23 @@ def _log(msg: str) -> None:
 # Measured speeds behind the CPU guard (docs/performance.md): the WRN-28-2 train step of
 # 960 images (batch 64, mu 7) takes 11.9 s on a 2-vCPU CPU and runs 86-89 steps/s on one
 # H100 in bfloat16. WRN-28-8 has about 16x the convolution work of WRN-28-2.
-_CPU_S_PER_IMAGE = {"wrn28_2": 11.9 / 960, "wrn28_8": 16 * 11.9 / 960}
-_H100_S_PER_IMAGE = {"wrn28_2": 1 / (87 * 960), "wrn28_8": 16 / (87 * 960)}
+# ResNet-50 at 224: 1.06 s for a 10-image step (B=2, mu=1, 2 views, float32) measured
+# with make bench on a 2-vCPU CPU; its H100 rate (3,000 images/s) is an assumption, not
+# a measurement.
+_CPU_S_PER_IMAGE = {"wrn28_2": 11.9 / 960, "wrn28_8": 16 * 11.9 / 960, "resnet50": 1.06 / 10}
+_H100_S_PER_IMAGE = {"wrn28_2": 1 / (87 * 960), "wrn28_8": 16 / (87 * 960),
+                     "resnet50": 1 / 3000}
 CPU_LIMIT_HOURS = 12.0
 PROGRESS_EVERY_S = 30.0  # progress lines when stderr is not a terminal
+_EVAL_NAME = {"ema": "EMA", "student": "student"}
 
 
 def runtime_estimate(config) -> tuple[float, float] | None:
   """``(cpu_hours, h100_hours)`` for the config's model and steps, or None (small model)."""
   if config.model not in _CPU_S_PER_IMAGE:
     return None
-  images = config.total_steps * config.batch_size * (1 + 2 * config.mu)
+  views = configs.recipe_option(config, "num_views")
+  images = config.total_steps * config.batch_size * (1 + 2 * views * config.mu)
   return (images * _CPU_S_PER_IMAGE[config.model] / 3600,
           images * _H100_S_PER_IMAGE[config.model] / 3600)
 
@@ -65,7 +71,9 @@ def check_cpu_budget(config, backend: str, allow_cpu: bool) -> None:
   cpu_h, gpu_h = est
   msg = (f"this config trains {config.model} for {config.total_steps:,} steps: about "
          f"{gpu_h:.1f} h on one H100 in bfloat16, but about {cpu_h / 24:,.0f} days on this "
-         "CPU-only host (scaled from WRN-28-2's 960-image step, 11.9 s on 2 vCPUs). It "
+         "CPU-only host (scaled from a step measured on 2 vCPUs"
+         + ("; the H100 figure from an assumed 3,000 images/s" if config.model == "resnet50"
+            else "") + "). It "
          "needs a GPU/TPU. Here, try "
          "the one-minute smoke run (make train CONFIG=experiments/cifar10_4shot.py:smoke) "
          "or the CPU study (make study)")
@@ -560,7 +568,8 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
             np.savez(path, step=step, class_means=ev["class_features"],
                      per_class_acc=np.asarray(ev["eval/per_class"]))
         state = state.replace(confusion=zeros_cc(), confusion_masked=zeros_cc())
-        say(f"step {step}: {'EMA' if eval_which == 'ema' else 'student'} test top-1 {ev['eval/top1']:.2f}%; since the last evaluation: "
+        say(f"step {step}: {_EVAL_NAME[eval_which]} test top-1 {ev['eval/top1']:.2f}%; "
+            "since the last evaluation: "
             f"{_pseudo_summary(last_record)}, mask rate {last_record['train/mask_rate']:.2f}")
       if do_ckpt:
         save(step)
@@ -604,7 +613,8 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
       json.dump(summary, f, indent=2)
     if not summary["interrupted"] and ordered:
       marginal = last_record.get("marginal") or []
-      _log(f"done: {step} steps; {'EMA' if configs.eval_params(config) == 'ema' else 'student'} test top-1 final {summary['final_top1']:.2f}%, median "
+      _log(f"done: {step} steps; {_EVAL_NAME[configs.eval_params(config)]} test top-1 "
+           f"final {summary['final_top1']:.2f}%, median "
            f"of the last {len(last20)} evals {summary['median_last20_top1']:.2f}%"
            + (f"; marginal min/max {min(marginal):.3f}/{max(marginal):.3f}" if marginal
               else ""))

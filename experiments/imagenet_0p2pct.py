@@ -13,7 +13,8 @@ Command:
       ARGS="--config.init_checkpoint=res50_moco_eman_800ep.msgpack"
   make train CONFIG=experiments/imagenet_0p2pct.py:smoke ARGS="--config.data_dir=DIR"
 
-Published top-1 (DebiasPL paper, Table 3): FixMatch 43.6 -> DebiasPL 51.6.
+Published top-1 (DebiasPL paper, Wang et al. CVPR 2022, its ImageNet table):
+FixMatch 43.6 -> DebiasPL 51.6.
 Runtime (an estimate, not measured): as the 1% config, about 17 h on one H100 at an
 assumed ~3,000 trained images/s (200,150 steps of 704 trained + 640 teacher images).
 """

@@ -3,6 +3,7 @@ CLIP fallback against a hand-computed case, the ImageNet configs, and the traine
 them (a resume that does not read init_checkpoint again)."""
 
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -260,3 +261,14 @@ def test_command_line_smoke_runs(fake_dir, tmp_path):
   assert r.returncode == 0 and "CLIP fallback >= 0.3" in r.stderr, r.stderr[-2000:]
   with open(tmp_path / "clip" / "metrics.jsonl") as f:
     assert "train/clip_rate" in f.read()
+
+
+def test_bench_runs_the_views_step_and_reports_an_epoch():
+  from dlpl_jax import bench  # pylint: disable=g-import-not-at-top
+  c = _config()  # no data read: synthetic views at the crop size
+  r = bench.run_benchmark(c, steps=2, warmup=0, eval_steps=2, steps_per_epoch=10)
+  assert (r["model"], r["num_views"], r["images_per_step"]) == ("cnn_small", 2, 4 + 2 * 2 * 8)
+  assert r["eval_params"] == "student"
+  assert math.isclose(r["epoch_s"], 10 * r["step_s_pipelined"])
+  assert math.isclose(r["run_s"], 2 * r["epoch_s"])  # the smoke config's 2 epochs
+  assert r["augment_s_median"] > 0 and "h per epoch" in bench.format_report(r)
