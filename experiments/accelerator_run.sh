@@ -13,16 +13,19 @@
 #   train fixmatch, train debiaspl            2 x  <= 160  (about 55 start-up + compile,
 #                                                           8,192 / 87 steps/s = 94)
 #   PyTorch step, bf16 + channels_last              <= 35   (about 25)
-#   trainer A/B: graphs_all, no_graphs, default   3 x <= 80 (compile 35-45 + 640 steps;
-#                                                           each starts only if its
-#                                                           whole limit still fits)
+#   trainer A/B: graphs_all, no_graphs        2 x <= 80   (compile 35-45 + 640 steps)
+#                default, default_log512      2 x <= 45   (the debiaspl run's program
+#                                                           from the compilation cache;
+#                                                           log512: metrics every 512
+#                                                           steps, not 128). Each starts
+#                                                           only if its limit still fits
 #   PyTorch step, f32 NCHW; analysis                 what is left
 #   all of it                                        <= 530 (--budget_s; the outer
 #                                                           timeout below is 560)
 # Why 8,192 steps and not 16,384: 2 x 16,384 steps at 87 steps/s is 377 s of stepping,
 # plus 2 x 55 s of start-up and compile = 487 s of the 540, leaving no room for the A/B
-# (60-70 s per cold variant). When the default A/B variant does not fit, the debiaspl
-# training run's own windows (same trainer, config and flags) are its baseline.
+# (60-70 s per cold variant). The debiaspl training run's own windows (same trainer,
+# config and flags) are a second baseline beside the default variant.
 #
 # Here, once (a host with the prepared TFDS CIFAR-10 and the project's venv):
 #   bash experiments/accelerator_run.sh --prepare

@@ -88,16 +88,16 @@ def test_the_script_end_to_end_on_a_simulated_host(tmp_path):
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
   res = subprocess.run(
       ["bash", "experiments/accelerator_run.sh", "--tiny", "--data", data, "--steps", "16",
-       "--eval_every", "8", "--ab_steps", "256", "--ab", "no_graphs,default",
+       "--eval_every", "8", "--ab_steps", "64", "--ab", "no_graphs,default,default_log512",
        "--scratch", str(tmp_path / "scratch"), "--budget_s", "540",
        # a 2-vCPU machine shared with other work: generous limits for the CNN
-       "--train_limit_s", "150", "--ab_limit_s", "150"],
+       "--train_limit_s", "150", "--ab_limit_s", "150", "--ab_cached_limit_s", "150"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   log = res.stdout + res.stderr
   assert "exit status 0" in log, log[-4000:]
   parts = {p["name"]: p for p in json.load(open(os.path.join(out, "parts.json")))}
   for name in ("environment", "train_fixmatch", "train_debiaspl", "ab_no_graphs",
-               "ab_default"):
+               "ab_default", "ab_default_log512"):
     assert parts[name]["status"] == "ok", (name, parts[name])
   assert parts["analyze"]["status"].startswith("skipped: matplotlib")
   assert parts["torch_bf16_channels_last"]["status"] == "skipped: torch is not installed"
@@ -111,11 +111,12 @@ def test_the_script_end_to_end_on_a_simulated_host(tmp_path):
     assert (config["dtype"], config["data_dir"]) == ("bfloat16", data)
     train_log = open(os.path.join(out, "logs", f"train_{method}.log")).read()
     assert "TensorFlow/TensorBoard not installed" in train_log
-  for name in ("no_graphs", "default"):
+  for name, log_every in (("no_graphs", 8), ("default", 8), ("default_log512", 32)):
     ab = json.load(open(os.path.join(out, "ab", f"{name}.json")))
     assert ab["median_steps_per_sec"] > 0
-    assert ab["xla_flags"] == accelerator_run.AB_VARIANTS[name]
+    assert (ab["xla_flags"], ab["log_every"]) == (accelerator_run.AB_VARIANTS[name],
+                                                  log_every)
   report = open(os.path.join(out, "report.md")).read()
   assert "| fixmatch | cnn_small | 16/16 |" in report
   assert "| debiaspl | cnn_small | 16/16 |" in report
-  assert "no_graphs (`--xla_gpu_enable_command_buffer=`) | " in report
+  assert "| no_graphs (`--xla_gpu_enable_command_buffer=`) | 8 | " in report
