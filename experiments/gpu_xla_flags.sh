@@ -6,7 +6,9 @@
 # bear on it. Prints one "train" block per variant; JSON in $OUT/xla_<name>.json.
 # A cold bench run takes ~60-70 s (compile 30-35 s + autotuning + start-up): the
 # per-run timeout below leaves room (60 s is too short).
-#   bash experiments/gpu_xla_flags.sh       (ml_collections: see experiments/gpu_bench.sh)
+# The same variants through the real trainer (steps/s per logging window) are part of
+# experiments/accelerator_run.sh, which also runs the training evidence in one go.
+#   bash experiments/gpu_xla_flags.sh       (ml_collections: see experiments/_gpu_env.sh)
 set -uo pipefail
 source "$(dirname "$0")/_gpu_env.sh"
 run() {  # name, XLA_FLAGS
