@@ -79,9 +79,10 @@ def test_trainer_throughput_script_reports_window_rates(tmp_path):
   """experiments/trainer_throughput.py (the GPU trainer-rate check) runs end to end."""
   out = subprocess.run(
       [sys.executable, "-m", "experiments.trainer_throughput",
-       "--config", "experiments/cifar10_4shot.py:smoke", "--steps", "256",
-       "--unlabeled", "200", "--dtype", "float32", "--workdir", str(tmp_path / "w")],
+       "--config", "experiments/cifar10_4shot.py:smoke", "--steps", "64",
+       "--log_every", "32", "--unlabeled", "200", "--test", "256", "--dtype", "float32",
+       "--workdir", str(tmp_path / "w")],
       check=True, capture_output=True, text=True, timeout=600)
-  assert "trainer steps/s per window of 128 steps:" in out.stdout
+  assert "trainer steps/s per window of 32 steps:" in out.stdout
   rates = out.stdout.split("steps:")[1].split("\n")[0].split()
   assert len(rates) == 2 and all(float(r) > 0 for r in rates)

@@ -16,6 +16,7 @@ collectives, one device each) against one process with two devices.
 * The streaming input path: each process reads a disjoint part of the training split.
 """
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -105,30 +106,27 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
 
 def test_resume_across_process_counts_equals_an_uninterrupted_run(tmp_path):
   """2 steps in two processes, stop and save; 2 more in one process (2 devices); and the
-  other way round: both end where one uninterrupted process ends (about 80 s here)."""
-  def two(workdir, stop_at):
-    port = _port()
+  other way round (the two chains run side by side): both end where one uninterrupted
+  process ends (about 70 s here)."""
+  def run(n, workdir, stop_at):
     code = WORKER.replace("tiny_config(), workdir, data=DATA)",
                           f"tiny_config(), workdir, data=DATA, stop_at={stop_at})")
-    procs = [subprocess.Popen([sys.executable, "-c", code, "2", str(i), str(port), workdir],
+    port = str(_port())
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n), str(i), port, workdir],
                               cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    for p in procs:
-      _, err = p.communicate(timeout=600)
-      assert p.returncode == 0, err[-3000:]
+                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errs)]
 
-  def one(workdir, stop_at):
-    code = WORKER.replace("tiny_config(), workdir, data=DATA)",
-                          f"tiny_config(), workdir, data=DATA, stop_at={stop_at})")
-    res = subprocess.run([sys.executable, "-c", code, "1", "0", "0", workdir], cwd=REPO,
-                         env=_env(), capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+  def chain(name, first, second):
+    return run(first, str(tmp_path / name), 2) + run(second, str(tmp_path / name), None)
 
-  one(str(tmp_path / "ref"), None)
-  two(str(tmp_path / "a"), 2)
-  one(str(tmp_path / "a"), None)
-  one(str(tmp_path / "b"), 2)
-  two(str(tmp_path / "b"), None)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    jobs = [pool.submit(run, 1, str(tmp_path / "ref"), None),
+            pool.submit(chain, "a", 2, 1), pool.submit(chain, "b", 1, 2)]
+    results = [r for j in jobs for r in j.result()]
+  for rc, err in results:
+    assert rc == 0, err[-3000:]
   c = tiny_config()
   template = train.create_train_state(c, train.build_model(c), DATA.x_l.shape[1:])
   ref = None
