@@ -19,15 +19,33 @@ def nshot(dataset: str, labels_per_class: int, variant: str):
   return c
 
 
-def apply_variant(c, variant: str):
-  """Applies comma-separated variant words: fixmatch | debiaspl | smoke."""
+def apply_variant(c, variant: str, smoke_fn=None):
+  """Applies comma-separated variant words: fixmatch | debiaspl | smoke (``smoke_fn``,
+  default :func:`smoke`)."""
   for word in filter(None, variant.split(",")):
     if word in configs.METHODS:
       c.method = word
     elif word == "smoke":
-      smoke(c)
+      (smoke_fn or smoke)(c)
     else:
       raise ValueError(f"unknown variant {word!r}; valid: fixmatch, debiaspl, smoke")
+  return c
+
+
+def cpu_study(c, steps: int, mu: int):
+  """The CPU studies' common scale (experiments/study_cpu.py, study_imbalanced.py): the
+  small CNN, batch 16, marginal momentum 0.99, ``steps`` steps, the full test split
+  evaluated every 250 steps, one checkpoint kept."""
+  c.model = "cnn_small"
+  c.batch_size = 16
+  c.mu = mu
+  c.marginal_momentum = 0.99
+  c.total_steps = steps
+  c.eval_every = 250
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 1
+  c.eval_batch_size = 1000
   return c
 
 

@@ -1,6 +1,7 @@
 """Shared pieces of the ImageNet configs (not a config itself)."""
 
 from dlpl_jax import configs
+from experiments import _common
 
 
 def recipe(split: str, variant: str):
@@ -8,14 +9,7 @@ def recipe(split: str, variant: str):
   ``smoke`` (a tiny CPU run on a fake ImageNet-shaped dataset), ``fixmatch`` or ``''``."""
   c = configs.get_imagenet_config()
   c.imagenet.split = split
-  for word in filter(None, variant.split(",")):
-    if word in configs.METHODS:
-      c.method = word
-    elif word == "smoke":
-      smoke(c)
-    else:
-      raise ValueError(f"unknown variant {word!r}; valid: fixmatch, debiaspl, smoke")
-  return c
+  return _common.apply_variant(c, variant, smoke_fn=smoke)
 
 
 def smoke(c):

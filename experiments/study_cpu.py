@@ -28,15 +28,6 @@ STEPS = 3000
 def get_config(variant: str = "debiaspl"):
   c = configs.get_base_config()
   c.labels_per_class = 4
-  c.model = "cnn_small"
-  c.batch_size = 16
-  c.mu = 4
-  c.marginal_momentum = 0.99
-  c.total_steps = STEPS
-  c.eval_every = 250
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 1
-  c.eval_batch_size = 1000
+  _common.cpu_study(c, STEPS, mu=4)
   _common.apply_variant(c, variant)
   return c

@@ -43,15 +43,6 @@ def get_config(variant: str = "lt"):
     raise ValueError(f"variant must start with one of {SETTINGS}, got {variant!r}")
   c = cifar10_lt.lt_config("500_4000_100", "",
                            unlabeled_profile="balanced" if setting == "mismatch" else None)
-  c.model = "cnn_small"
-  c.batch_size = 16
-  c.mu = 2
-  c.marginal_momentum = 0.99
-  c.total_steps = STEPS
-  c.eval_every = 250
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 1
-  c.eval_batch_size = 1000
+  _common.cpu_study(c, STEPS, mu=2)
   _common.apply_variant(c, rest)
   return c
