@@ -100,10 +100,16 @@ def main():
   ap.add_argument("--runs", default=None,
                   help="run folders (default runs/study, runs/study_imbalanced)")
   ap.add_argument("--out", default="experiments/results")
+  ap.add_argument("--settings", default=",".join(study_imbalanced.SETTINGS),
+                  help="imbalanced study: which settings to run and report (lt,mismatch)")
   args = ap.parse_args()
   host.configure()  # data folder and XLA:CPU flag, as `make train` gets them
   if args.study == "imbalanced":
-    imbalanced(args.runs or "runs/study_imbalanced", args.out)
+    settings = tuple(filter(None, args.settings.split(",")))
+    unknown = set(settings) - set(study_imbalanced.SETTINGS)
+    if unknown or not settings:
+      ap.error(f"--settings: choose from {','.join(study_imbalanced.SETTINGS)}")
+    imbalanced(args.runs or "runs/study_imbalanced", args.out, settings)
   else:
     balanced(args.runs or "runs/study", args.out)
 
@@ -186,9 +192,10 @@ def _imbalanced_row(setting: str, method: str, seed: int, wd: str) -> dict:
   }
 
 
-def imbalanced(runs: str, out: str) -> None:
+def imbalanced(runs: str, out: str,
+               settings: tuple[str, ...] = study_imbalanced.SETTINGS) -> None:
   rows = []
-  for setting in study_imbalanced.SETTINGS:
+  for setting in settings:
     for seed in SEEDS:
       for method in METHODS:
         wd = os.path.join(runs, f"{setting}_{method}_s{seed}")
@@ -197,7 +204,7 @@ def imbalanced(runs: str, out: str) -> None:
 
   os.makedirs(out, exist_ok=True)
   plots = {}
-  for setting in study_imbalanced.SETTINGS:
+  for setting in settings:
     plots[setting] = analyze.analyze(
         [os.path.join(runs, f"{setting}_fixmatch_s0"),
          os.path.join(runs, f"{setting}_debiaspl_s0")],
@@ -231,7 +238,7 @@ def imbalanced(runs: str, out: str) -> None:
         f"| {f(r['pl_acc'], '.3f')} | {r['mask_rate']:.3f} | {f(r['kl_true'], '.3f')} "
         f"| {f(r['kl_true_masked'], '.3f')} | {f(r['kl_uniform'], '.3f')} "
         f"| {r['wall_min']:.1f} |")
-  for setting in study_imbalanced.SETTINGS:
+  for setting in settings:
     these = [r for r in rows if r["setting"] == setting]
     lines += ["", f"Pseudo-label share per class (%), `{setting}`, all pseudo-labels, against "
               "the true share of the same unlabeled images:", "",
