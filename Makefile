@@ -80,8 +80,8 @@ analyze: $(STAMP)
 
 # The CPU studies: 2 methods x 2 seeds, table + plots. `study`: balanced CIFAR-10, 4
 # labels per class (experiments/study_cpu.py, about 1.5 h here); `study-imbalanced`:
-# CIFAR-10-LT and the mismatch setting (experiments/study_imbalanced.py, 8 runs sized
-# for about 15 min each here). Both resume where they stopped.
+# CIFAR-10-LT and the mismatch setting (experiments/study_imbalanced.py, 8 runs of
+# about 4.5 min here). Both resume where they stopped.
 study: $(STAMP)
 	$(PY) -m experiments.run_study $(ARGS)
 
