@@ -35,6 +35,20 @@ def check_rank(name: str, x, rank: int, what: str) -> None:
         f"{name} must have rank {rank} ({what}), got shape {jnp.shape(x)}")
 
 
+def weak_strong(weak_logits, strong_logits, rank: int, what: str):
+  """``(weak, strong)`` as arrays, both of rank ``rank`` and of one shape (``what``,
+  e.g. "[B, C]"); ValueError otherwise."""
+  weak_logits = jnp.asarray(weak_logits)
+  strong_logits = jnp.asarray(strong_logits)
+  check_rank("weak_logits", weak_logits, rank, what)
+  check_rank("strong_logits", strong_logits, rank, what)
+  if weak_logits.shape != strong_logits.shape:
+    raise ValueError(
+        f"weak_logits {weak_logits.shape} and strong_logits {strong_logits.shape} "
+        f"must have the same shape {what}")
+  return weak_logits, strong_logits
+
+
 def check_float(name: str, x) -> None:
   if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
     raise ValueError(f"{name} must be floating point, got dtype {jnp.result_type(x)}")

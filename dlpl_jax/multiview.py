@@ -69,14 +69,8 @@ def multiview_unlabeled_loss(
     >>> print(out.labels, out.mask, float(out.loss.round(4)))
     [0] [1.] 0.5422
   """
-  weak_logits = jnp.asarray(weak_logits)
-  strong_logits = jnp.asarray(strong_logits)
-  _checks.check_rank("weak_logits", weak_logits, 3, "[K, B, C]")
-  _checks.check_rank("strong_logits", strong_logits, 3, "[K, B, C]")
-  if weak_logits.shape != strong_logits.shape:
-    raise ValueError(
-        f"weak_logits {weak_logits.shape} and strong_logits {strong_logits.shape} "
-        "must have the same shape [K, B, C]")
+  weak_logits, strong_logits = _checks.weak_strong(weak_logits, strong_logits, 3,
+                                                   "[K, B, C]")
   if weak_logits.shape[0] == 0:
     raise ValueError(f"need at least one view, got weak_logits of shape {weak_logits.shape}")
   num_views = weak_logits.shape[0]
@@ -148,12 +142,8 @@ def clip_fallback_loss(
     >>> print(f, float(loss.round(4)))              # image 0 only: CE([0, 0], 1) / 2
     [1. 0.] 0.3466
   """
-  weak_logits = jnp.asarray(weak_logits)
-  strong_logits = jnp.asarray(strong_logits)
-  _checks.check_rank("weak_logits", weak_logits, 3, "[K, B, C]")
-  if weak_logits.shape != strong_logits.shape:
-    raise ValueError(f"weak_logits {weak_logits.shape} and strong_logits "
-                     f"{strong_logits.shape} must have the same shape [K, B, C]")
+  weak_logits, strong_logits = _checks.weak_strong(weak_logits, strong_logits, 3,
+                                                   "[K, B, C]")
   k, b = weak_logits.shape[:2]
   clip_labels = jnp.asarray(clip_labels)
   clip_probs = jnp.asarray(clip_probs)

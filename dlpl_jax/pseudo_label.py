@@ -260,14 +260,7 @@ def unlabeled_loss(
     Sohn et al., FixMatch, https://arxiv.org/abs/2001.07685 (Eq. 2);
     Wang et al., DebiasPL, https://arxiv.org/abs/2201.01490 (Algorithm 1).
   """
-  weak_logits = jnp.asarray(weak_logits)
-  strong_logits = jnp.asarray(strong_logits)
-  _checks.check_rank("weak_logits", weak_logits, 2, "[B, C]")
-  _checks.check_rank("strong_logits", strong_logits, 2, "[B, C]")
-  if weak_logits.shape != strong_logits.shape:
-    raise ValueError(
-        f"weak_logits {weak_logits.shape} and strong_logits {strong_logits.shape} "
-        "must have the same shape [B, C]")
+  weak_logits, strong_logits = _checks.weak_strong(weak_logits, strong_logits, 2, "[B, C]")
   _checks.check_batch("weak_logits", weak_logits)
   q = debias(weak_logits, marginal, tau)
   labels, mask = hard_labels(q, threshold)
