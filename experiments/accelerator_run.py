@@ -17,7 +17,9 @@ eat the others, and the training runs come first:
    training runs' shapes, the same total_steps, stopped after ``--ab_steps``) under
    each XLA_FLAGS variant, in the order given, and with default flags but metrics
    fetched every 512 steps instead of 128 (how much the per-log host work costs); a
-   variant that no longer fits the budget is skipped, not started. The default-flag
+   variant that no longer fits the budget is skipped, not started. The first,
+   ``default``, also times the host's work per step (``--host_breakdown``): where the
+   trainer's time goes beyond the same step run back to back. The default-flag
    variants compile to the debiaspl run's exact program, which the persistent
    compilation cache (``JAX_COMPILATION_CACHE_DIR``, set by the .sh) then serves.
 4. ``analyze``: ``dlpl_jax.analyze`` of the two runs side by side (skipped where
@@ -46,12 +48,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/cifar10_4shot.py"
 AB_VARIANTS = {  # name -> XLA_FLAGS
+    "default": "",  # the trainer as it runs today, with its host time per step
     "graphs_all": ("--xla_gpu_graph_min_graph_size=1 --xla_gpu_enable_command_buffer="
                    "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"),
     "no_graphs": "--xla_gpu_enable_command_buffer=",
-    "default": "",  # the trainer as it runs today
     "default_log512": "",  # the same, metrics fetched every 512 steps instead of 128
 }
+# Variants that also time the host's work per step (trainer_throughput --host_breakdown:
+# dispatch, waiting, fetches, writer, the loop's Python, and the same step back to back
+# in the same process), which is what explains a gap between the trainer and the step.
+HOST_BREAKDOWN = ("default",)
 # The variants with default flags run the debiaspl training run's exact program (same
 # config and total_steps, stopped early), so the persistent compilation cache serves
 # them in seconds: they get a shorter limit.
@@ -124,7 +130,8 @@ def ab_cmd(name: str, args) -> list[str]:
           f"--work_every={max(args.steps, steps)}", f"--log_every={log_every}",
           f"--workdir={os.path.join(args.scratch, 'ab_' + name)}",
           f"--json={os.path.join(args.out, 'ab', name + '.json')}"] + (
-              ["--unlabeled=2000", "--test=100"] if args.tiny else [])
+              ["--unlabeled=2000", "--test=100"] if args.tiny else []) + (
+              ["--host_breakdown"] if name in HOST_BREAKDOWN else [])
 
 
 def importable(module: str) -> bool:
@@ -145,8 +152,11 @@ def main(argv=None) -> int:
   p.add_argument("--ab_limit_s", type=float, default=80.0, help="per XLA_FLAGS variant")
   p.add_argument("--ab_cached_limit_s", type=float, default=45.0,
                  help=f"per variant served by the compilation cache: {CACHED}")
-  p.add_argument("--ab", default="graphs_all,no_graphs,default,default_log512",
+  p.add_argument("--ab", default="default,graphs_all,no_graphs,default_log512",
                  help=f"variants in order, from {sorted(AB_VARIANTS)}")
+  p.add_argument("--breakdown_extra_s", type=float, default=20.0,
+                 help=f"added to the limit of {HOST_BREAKDOWN} (the host-time breakdown: "
+                      "512 steps back to back and 220 timed dispatches)")
   p.add_argument("--torch_limit_s", type=float, default=35.0, help="per PyTorch setting")
   p.add_argument("--scratch", default="/tmp/accelerator_run")
   p.add_argument("--tiny", action="store_true", help="CPU rehearsal (small CNN)")
@@ -214,7 +224,8 @@ def main(argv=None) -> int:
 
   torch_part("torch_bf16_channels_last", ["--bf16", "--channels_last"])
   for name in filter(None, args.ab.split(",")):
-    limit = args.ab_cached_limit_s if name in CACHED else args.ab_limit_s
+    limit = ((args.ab_cached_limit_s if name in CACHED else args.ab_limit_s)
+             + (args.breakdown_extra_s if name in HOST_BREAKDOWN else 0))
     if budget.left() - 15 < limit:
       skip(f"ab_{name}", f"less than its {limit:.0f} s limit left")
       continue
@@ -311,6 +322,27 @@ def _ab_rows(out: str) -> list[str]:
   return rows
 
 
+def _host_rows(out: str) -> list[str]:
+  """The host's time per step in the trainer (the variants in HOST_BREAKDOWN)."""
+  rows = []
+  for name in HOST_BREAKDOWN:
+    r = _read_json(os.path.join(out, "ab", f"{name}.json"))
+    if r is None or "host" not in r:
+      rows.append(f"- {name}: not measured (parts.json)")
+      continue
+    h = r["host"]
+    rows += [f"{name} (`{AB_VARIANTS[name]}`), µs per step over the steps after the "
+             "compiling one:", "", "| µs per step | what |", "|---:|---|"]
+    rows += [f"| {v:.0f} | {k} |" for k, v in sorted(h["per_step_us"].items(),
+                                                    key=lambda kv: -kv[1])]
+    rows += [f"| **{h[k]:.0f}** | {k} |" for k in (
+        "loop wall per step", "back-to-back step",
+        "loop minus back to back (host cost added by the loop)") if k in h]
+    rows += [f"| {v:.0f} | one dispatch, {k} |"
+             for k, v in (r.get("dispatch_us") or {}).items()]
+  return rows
+
+
 def _torch_rows(out: str) -> list[str]:
   rows = []
   for name in ("torch_bf16_channels_last", "torch_f32_nchw"):
@@ -331,7 +363,8 @@ def write_report(out: str) -> str:
            "seed 0)",
            ""] + _run_rows(out) + [
            "", "## Trainer throughput by XLA_FLAGS (synthetic data, bf16)", ""
-           ] + _ab_rows(out) + ["", "## PyTorch reference step (no augmentation)", ""
+           ] + _ab_rows(out) + ["", "## Host time per step in the trainer", ""
+           ] + _host_rows(out) + ["", "## PyTorch reference step (no augmentation)", ""
            ] + _torch_rows(out) + ["", "## Parts", "",
            "| part | status | rc | seconds | limit s |", "|---|---|---:|---:|---:|"] + [
            f"| {r['name']} | {r['status']} | {r['rc']} | {r['seconds']} | {r['limit_s']} |"

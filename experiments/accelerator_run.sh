@@ -13,10 +13,13 @@
 #   train fixmatch, train debiaspl            2 x  <= 160  (about 55 start-up + compile,
 #                                                           8,192 / 87 steps/s = 94)
 #   PyTorch step, bf16 + channels_last              <= 35   (about 25)
-#   trainer A/B: graphs_all, no_graphs        2 x <= 80   (compile 35-45 + 640 steps)
-#                default, default_log512      2 x <= 45   (the debiaspl run's program
-#                                                           from the compilation cache;
-#                                                           log512: metrics every 512
+#   trainer A/B: default                          <= 65   (the debiaspl run's program
+#                                                           from the compilation cache,
+#                                                           plus the host time per step:
+#                                                           512 steps back to back and
+#                                                           220 timed dispatches)
+#                graphs_all, no_graphs        2 x <= 80   (compile 35-45 + 640 steps)
+#                default_log512                   <= 45   (cached; metrics every 512
 #                                                           steps, not 128). Each starts
 #                                                           only if its limit still fits
 #   PyTorch step, f32 NCHW; analysis                 what is left

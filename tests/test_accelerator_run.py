@@ -116,7 +116,11 @@ def test_the_script_end_to_end_on_a_simulated_host(tmp_path):
     assert ab["median_steps_per_sec"] > 0
     assert (ab["xla_flags"], ab["log_every"]) == (accelerator_run.AB_VARIANTS[name],
                                                   log_every)
+  host = json.load(open(os.path.join(out, "ab", "default.json")))["host"]
+  assert host["back-to-back step"] > 0 and host["per_step_us"]["step dispatch"] > 0
   report = open(os.path.join(out, "report.md")).read()
   assert "| fixmatch | cnn_small | 16/16 |" in report
+  assert "| = loop wall per step |" not in report and "| step dispatch |" in report
+  assert "back-to-back step |" in report
   assert "| debiaspl | cnn_small | 16/16 |" in report
   assert "| no_graphs (`--xla_gpu_enable_command_buffer=`) | 8 | " in report
