@@ -24,7 +24,8 @@ the pseudo-labeled set, each with CLIP's label and probability (the fallback tar
 
 Views. Every training image is decoded once on the host and cut into views by
 torchvision's ``RandomResizedCrop(crop_size, scale=(crop_scale_min, 1))`` (aspect ratio
-in [3/4, 4/3], 10 attempts, then the whole image) and a random horizontal flip:
+in [3/4, 4/3], 10 attempts, then torchvision's fallback: the centre crop of the whole
+image, its aspect ratio clamped to [3/4, 4/3]) and a random horizontal flip:
 labeled images get one view, unlabeled ones ``num_views`` weak and ``num_views``
 strong-view crops; RandAugment and Cutout are applied to the strong crops on the device
 (:func:`dlpl_jax.train.randaugment_cutout`). Evaluation: resize the shorter side to
@@ -231,24 +232,35 @@ def clip_sources(config) -> tuple[Labeled, ClipTargets]:
 
 
 def _rrc_window(tf, shape, seed, scale_min: float):
-  """torchvision RandomResizedCrop's window (10 attempts, then the whole image)."""
+  """torchvision ``RandomResizedCrop.get_params``: 10 attempts at a window of area
+  ``scale * H * W`` (scale ~ U[scale_min, 1]) and aspect ratio ``w / h`` log-uniform in
+  [3/4, 4/3], the first that fits placed uniformly; when none fits, the centre crop of
+  the image with its aspect ratio clamped to [3/4, 4/3].
+
+  Returns:
+    ``[y0, x0, h, w]`` int32 scalars.
+  """
+  lo, hi = 3 / 4, 4 / 3
   h = tf.cast(shape[0], tf.float32)
   w = tf.cast(shape[1], tf.float32)
   area = h * w
   seeds = tf.random.experimental.stateless_split(seed, 3)
   u_area = tf.random.stateless_uniform([10], seeds[0], scale_min, 1.0)
-  u_ratio = tf.random.stateless_uniform([10], seeds[1], math.log(3 / 4), math.log(4 / 3))
+  u_ratio = tf.random.stateless_uniform([10], seeds[1], math.log(lo), math.log(hi))
   ratio = tf.exp(u_ratio)
   cw = tf.round(tf.sqrt(area * u_area * ratio))
   ch = tf.round(tf.sqrt(area * u_area / ratio))
   ok = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
   first = tf.argmax(tf.cast(ok, tf.int32))
   any_ok = tf.reduce_any(ok)
-  cw = tf.where(any_ok, cw[first], w)
-  ch = tf.where(any_ok, ch[first], h)
+  in_ratio = w / h  # the fallback: clamp the image's own ratio, centre the window
+  fw = tf.where(in_ratio > hi, tf.round(h * hi), w)
+  fh = tf.where(in_ratio < lo, tf.round(w / lo), h)
+  cw = tf.where(any_ok, cw[first], fw)
+  ch = tf.where(any_ok, ch[first], fh)
   u = tf.random.stateless_uniform([2], seeds[2])
-  y0 = tf.floor(u[0] * (h - ch + 1))
-  x0 = tf.floor(u[1] * (w - cw + 1))
+  y0 = tf.where(any_ok, tf.floor(u[0] * (h - ch + 1)), tf.floor((h - ch) / 2))
+  x0 = tf.where(any_ok, tf.floor(u[1] * (w - cw + 1)), tf.floor((w - cw) / 2))
   return [tf.cast(v, tf.int32) for v in (y0, x0, ch, cw)]
 
 

@@ -167,6 +167,46 @@ class TestPipeline:
     assert (labels >= 0).sum() == 40 and all(b["image"].shape[1:] == (32, 32, 3)
                                              for e in evs for b in e)
 
+  @pytest.mark.parametrize("shape", [(375, 500), (500, 375), (64, 64), (10, 200),
+                                     (200, 10), (30, 41), (41, 30)])
+  def test_crop_window_is_torchvisions(self, shape):
+    """The window equals torchvision's ``RandomResizedCrop.get_params`` (transcribed
+    below, float64) fed the same uniform draws, for 50 seeds per shape; the thin
+    shapes exhaust the 10 attempts and take the ratio-clamped centre crop."""
+    tf = imagenet._import_tf()[0]  # pylint: disable=protected-access
+    h, w = shape
+
+    def torchvision(u_area, u_ratio, u_pos, scale_min=0.08, ratio=(3 / 4, 4 / 3)):
+      area = h * w
+      for s, r in zip(u_area, u_ratio):  # r: the log-ratio draw
+        target, aspect = area * float(s), math.exp(float(r))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+          return [int(u_pos[0] * (h - ch + 1)), int(u_pos[1] * (w - cw + 1)), ch, cw]
+      in_ratio = w / h
+      if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+      elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+      else:
+        cw, ch = w, h
+      return [(h - ch) // 2, (w - cw) // 2, ch, cw]
+
+    fallbacks = 0
+    for i in range(50):
+      seed = tf.constant([i, 7], tf.int64)
+      seeds = tf.random.experimental.stateless_split(seed, 3)  # as _rrc_window draws
+      u_area = tf.random.stateless_uniform([10], seeds[0], 0.08, 1.0).numpy()
+      u_ratio = tf.random.stateless_uniform([10], seeds[1], math.log(3 / 4),
+                                            math.log(4 / 3)).numpy()
+      u_pos = tf.random.stateless_uniform([2], seeds[2]).numpy()
+      got = [int(v) for v in imagenet._rrc_window(tf, tf.constant([h, w, 3]), seed, 0.08)]
+      want = torchvision(u_area, u_ratio, u_pos)
+      assert got == want, (shape, i, got, want)
+      fallbacks += want[2:] in ([h, round(h * 4 / 3)], [round(w * 4 / 3), w], [h, w])
+    if min(h, w) * 20 <= max(h, w):  # no window of the allowed ratios fits
+      assert fallbacks == 50
+
   def test_0p2pct_draws_from_the_subset(self, fake_dir):
     c = _config("imagenet_0p2pct", data_dir=fake_dir)
     source, _ = imagenet.labeled_source(c)
