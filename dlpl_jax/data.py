@@ -150,13 +150,18 @@ def _prepared_builder(name: str, data_dir: str | None):
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise _not_prepared(name, data_dir) from e
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     # TFDS wraps a bad dataset_info.json in assorted types (ParseError,
     # RuntimeError, OSError, AssertionError); anything else is re-raised as is.
     error = _diagnose_info(name, data_dir) if local else None
-    if error is None:
-      raise
-    raise error from None
+    if error is not None:
+      raise error from None
+    version = re.search(r"cannot be loaded at version .*", str(e))  # an AssertionError
+    if version:
+      raise FileNotFoundError(
+          f"TFDS dataset {name!r} {_one_line(version.group(0))} Ask for a version "
+          f"prepared in {data_dir!r}, or for none (the newest)") from None
+    raise
   if not builder.is_prepared():
     raise _not_prepared(name, data_dir)
   return builder

@@ -128,6 +128,16 @@ def test_real_cifar10():
   assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
 
 
+@pytest.mark.skipif(not _real_data_prepared(),
+                    reason=f"CIFAR-10 not prepared in {REAL_DATA_DIR}")
+def test_unknown_version_is_one_clear_error():
+  """TFDS raises an AssertionError for a version it does not know; we say which exist."""
+  with pytest.raises(FileNotFoundError,
+                     match=r"'cifar10:9\.9\.9' cannot be loaded at version 9\.9\.9, only: "
+                           r"3\.0\.2\. Ask for a version prepared in"):
+    data.load_split("cifar10:9.9.9", "test", data_dir=REAL_DATA_DIR)
+
+
 def test_missing_tensorflow_says_what_to_install(tmp_path, monkeypatch):
   (tmp_path / "cifar10").mkdir()
   monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails.
