@@ -1,5 +1,7 @@
 """Shared test helpers."""
 
+import textwrap
+
 from dlpl_jax import configs
 
 
@@ -12,3 +14,24 @@ def small_config(**overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def hide_packages(modules, distributions=()) -> str:
+  """Python source that, run first in a fresh interpreter, makes the top-level packages
+  ``modules`` look not installed, as an absent package does: the path finder does not
+  find them (``import`` raises ModuleNotFoundError, ``importlib.util.find_spec``
+  answers None, so a library that probes for them carries on), and ``importlib.metadata``
+  does not list the ``distributions`` (normalized names, e.g. ``tensorflow-cpu``)."""
+  return textwrap.dedent(f"""
+      import importlib.machinery as _m
+      _hidden, _dists = {tuple(modules)!r}, {tuple(distributions)!r}
+      _find, _dist = _m.PathFinder.find_spec, _m.PathFinder.find_distributions
+      def _find_spec(name, path=None, target=None):
+        return None if name.split(".")[0] in _hidden else _find(name, path, target)
+      def _norm(d):
+        return (d.metadata["Name"] or "").lower().replace("_", "-").replace(".", "-")
+      def _find_distributions(*args, **kwargs):
+        return (d for d in _dist(*args, **kwargs) if _norm(d) not in _dists)
+      _m.PathFinder.find_spec = staticmethod(_find_spec)
+      _m.PathFinder.find_distributions = staticmethod(_find_distributions)
+      """)

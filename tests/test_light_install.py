@@ -9,18 +9,15 @@ import subprocess
 import sys
 import textwrap
 
+from tests import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTRAS = ("tensorflow", "tensorflow_datasets", "tensorboard", "matplotlib", "PIL",
           "ml_collections", "tqdm")
 
-BLOCK = textwrap.dedent(f"""
-    import sys
-    class _Absent:
-      def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {EXTRAS!r}:
-          raise ModuleNotFoundError(f"No module named {{name!r}} (not installed)")
-    sys.meta_path.insert(0, _Absent())
-    """)
+DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-datasets", "tensorboard",
+                 "matplotlib", "pillow", "ml-collections", "tqdm")
+BLOCK = "import sys\n" + helpers.hide_packages(EXTRAS, DISTRIBUTIONS)
 
 
 def run_without_extras(code: str) -> str:
@@ -32,11 +29,28 @@ def run_without_extras(code: str) -> str:
 
 
 def test_blocker_blocks():
-  out = run_without_extras("""
-      try:
-        import tensorflow
-      except ModuleNotFoundError:
-        print("blocked")
+  """As if not installed: import fails, a probe answers None, no metadata; the rest of
+  the environment is untouched."""
+  out = run_without_extras(f"""
+      import importlib.metadata, importlib.util
+      for name in {EXTRAS!r}:
+        try:
+          __import__(name)
+        except ModuleNotFoundError:
+          pass
+        else:
+          raise SystemExit(name + " imported")
+        assert importlib.util.find_spec(name) is None, name
+      for dist in {DISTRIBUTIONS!r}:
+        try:
+          importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+          pass
+        else:
+          raise SystemExit(dist + " has metadata")
+      assert importlib.util.find_spec("jax") is not None
+      assert importlib.metadata.version("jax")
+      print("blocked")
       """)
   assert out.strip() == "blocked"
 
