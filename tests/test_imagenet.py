@@ -3,6 +3,7 @@ CLIP fallback against a hand-computed case, the ImageNet configs, and the traine
 them (a resume that does not read init_checkpoint again)."""
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -313,3 +314,66 @@ def test_bench_runs_the_views_step_and_reports_an_epoch():
   assert math.isclose(r["epoch_s"], 10 * r["step_s_pipelined"])
   assert math.isclose(r["run_s"], 2 * r["epoch_s"])  # the smoke config's 2 epochs
   assert r["augment_s_median"] > 0 and "h per epoch" in bench.format_report(r)
+
+
+# --- two processes --------------------------------------------------------------------
+
+_TWO_PROCESS_WORKER = """
+import sys
+from dlpl_jax import host
+host.configure()
+import jax
+pid, port, workdir, data_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+jax.config.update("jax_num_cpu_devices", 1)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                           process_id=pid, heartbeat_timeout_seconds=20)
+from dlpl_jax import configs, trainer
+c = configs.load_config_file("experiments/imagenet_1pct.py:smoke")
+c.data_dir = data_dir
+s = trainer.train_and_evaluate(c, workdir)
+print("SUMMARY", s["step"], s["num_evals"], s["final_top1"], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_parts_and_evaluate_every_image_once(fake_dir, tmp_path):
+  """The ImageNet smoke config in two real processes (one CPU device each): both finish
+  with the same summary; every evaluation counts each of the 40 validation images once
+  (each process evaluates its part, padded); and the final checkpoint, restored in this
+  one process, evaluates on the whole validation split to the same record."""
+  from tests.test_multiprocess import _env, _port  # pylint: disable=g-import-not-at-top
+  port, workdir = str(_port()), str(tmp_path / "run")
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_WORKER, str(i), port,
+                             workdir, fake_dir], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  summaries = {out.split("SUMMARY")[1].strip() for out, _ in outs}
+  assert len(summaries) == 1, summaries
+  assert summaries.pop().split()[:2] == ["6", "2"]
+  assert "2 process(es)" in outs[0][1] and "a disjoint part per process" in outs[0][1]
+  evals = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
+           if '"kind": "eval"' in l]
+  assert [r["step"] for r in evals] == [3, 6]
+  for r in evals:
+    assert sum(r["eval/predicted"]) == 40
+  # The last evaluation, redone in one process on the restored checkpoint.
+  from dlpl_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  c = _config(data_dir=fake_dir)
+  model = train.build_model(c)
+  template = train.create_train_state(c, model, (c.imagenet.crop_size,) * 2 + (3,),
+                                      read_init=False)
+  state, step = checkpoint.Checkpointer(workdir, 3, 3).restore_latest(template)
+  assert step == 6
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.replicate(jax.device_get(state), mesh)
+  ev = train.evaluate_batches(state, imagenet.eval_batches(c, (0, 1)), model=model,
+                              num_classes=c.num_classes, batch=c.eval_batch_size,
+                              mesh=mesh, params=configs.eval_params(c))
+  assert sum(ev["eval/predicted"]) == 40
+  assert ev["eval/predicted"] == evals[-1]["eval/predicted"]
+  np.testing.assert_allclose(ev["eval/per_class"], evals[-1]["eval/per_class"], atol=1e-9)
+  assert ev["eval/top1"] == pytest.approx(evals[-1]["eval/top1"], abs=1e-9)
