@@ -137,11 +137,13 @@ def test_loader_needs_no_tensorflow(tmp_path):
   assert out.strip() == "(40, 32, 32, 3) (100, 32, 32, 3) (20, 32, 32, 3)"
 
 
-def test_tfds_slices_round_trip_exactly(cifar_dir, tmp_path):
+def test_tfds_slices_round_trip_exactly(cifar_dir, tmp_path, capsys):
   from dlpl_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   path = str(tmp_path / "c.npz")
   assert cd.main(["--out", path, "--data_dir", cifar_dir,
                   "--splits", "train[:300],test[:200]"]) == 0
+  out = capsys.readouterr().out  # progress: each split's coding starts and ends
+  assert "coding train: 300 images" in out and "coded test in" in out
   back = cd.read(path)
   for split, n in (("train", 300), ("test", 200)):
     x, y = data_lib.load_split("cifar10", f"{split}[:{n}]", cifar_dir)
