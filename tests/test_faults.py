@@ -185,6 +185,18 @@ class TestDamagedCheckpoint:
 
 class TestMetrics:
 
+  @pytest.mark.parametrize("n", [1, 3, 4, 7, 128, 130])
+  def test_a_window_of_metrics_is_fetched_whole_and_in_order(self, n):
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(n)
+    loss = rng.normal(size=n).astype(np.float32)
+    per_step = [{"train/loss": jnp.float32(x), "count": jnp.int32(i)}
+                for i, x in enumerate(loss)]
+    got = trainer._fetch_metrics(per_step)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(got["train/loss"], loss)
+    np.testing.assert_array_equal(got["count"], np.arange(n))
+    assert got["count"].dtype == np.int32
+
   def test_resume_writes_each_step_and_kind_once_like_an_uninterrupted_run(self, tmp_path):
     c = tiny_config(total_steps=6, eval_every=2, log_every=1, checkpoint_every=2)
     run(c, tmp_path / "full")
