@@ -27,7 +27,9 @@ eat the others, and the training runs come first:
 
 Everything lands in ``--out``: ``runs/{fixmatch,debiaspl}/`` (metrics.jsonl,
 summary.json, config.json, ...), ``logs/<part>.log``, ``parts.json`` (per part: status,
-return code, seconds, limit) and ``report.md`` (the tables, made from those files; also
+return code, seconds, limit, start and end time), ``gpu_samples.csv`` (GPU clock,
+utilization, power and temperature once a second, where nvidia-smi exists) and
+``report.md`` (the tables, made from those files; also
 ``python experiments/accelerator_run.py --report_only --out DIR`` afterwards).
 
   python experiments/accelerator_run.py --out DIR [--budget_s 530] [--steps 8192]
@@ -39,10 +41,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,13 +79,61 @@ class Budget:
     return self.deadline - time.monotonic()
 
 
+class GpuSampler:
+  """Samples GPU 0 once a second for the whole run (``nvidia-smi --loop-ms``, one process):
+  SM clock, utilization, power and temperature, each line stamped with ``time.time()``
+  on arrival, into ``path`` (CSV). The report gives each part's medians: a trainer
+  whose GPU utilization stays under the back-to-back step's is losing time on the
+  host; a falling SM clock is power or heat. No-op where nvidia-smi is missing."""
+
+  COLUMNS = ("sm_mhz", "util_pct", "power_w", "temp_c")
+  QUERY = "clocks.sm,utilization.gpu,power.draw,temperature.gpu"
+
+  def __init__(self, path: str, interval_ms: int = 1000):
+    self.path, self.interval_ms = path, interval_ms
+    self._proc = self._thread = None
+
+  def start(self) -> "GpuSampler":
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+      return self
+    self._proc = subprocess.Popen(
+        [exe, f"--query-gpu={self.QUERY}", "--format=csv,noheader,nounits", "-i", "0",
+         f"--loop-ms={self.interval_ms}"], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    self._thread = threading.Thread(target=self._copy, daemon=True)
+    self._thread.start()
+    return self
+
+  def _copy(self) -> None:
+    with open(self.path, "w", encoding="utf-8") as f:
+      f.write("time," + ",".join(self.COLUMNS) + "\n")
+      for line in self._proc.stdout:
+        fields = [x.strip() for x in line.split(",")]
+        if len(fields) == len(self.COLUMNS):
+          f.write(f"{time.time():.2f}," + ",".join(fields) + "\n")
+          f.flush()
+
+  def stop(self) -> None:
+    if self._proc is None:
+      return
+    proc, self._proc = self._proc, None
+    proc.terminate()
+    try:
+      proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+    self._thread.join(timeout=10)
+
+
 def run_part(name: str, cmd: list[str], limit_s: float, out: str, env=None,
              grace_s: float = 25.0) -> dict:
   """Runs ``cmd`` with its output in ``out/logs/name.log``; at ``limit_s`` sends SIGTERM
   to its process group, and SIGKILL ``grace_s`` later. Returns its record."""
   os.makedirs(os.path.join(out, "logs"), exist_ok=True)
   log_path = os.path.join(out, "logs", f"{name}.log")
-  rec = {"name": name, "cmd": " ".join(cmd), "limit_s": round(limit_s, 1)}
+  rec = {"name": name, "cmd": " ".join(cmd), "limit_s": round(limit_s, 1),
+         "start_unix": round(time.time(), 2)}
   t = time.monotonic()
   with open(log_path, "w", encoding="utf-8") as log:
     log.write(f"$ {rec['cmd']}\n")
@@ -100,7 +152,8 @@ def run_part(name: str, cmd: list[str], limit_s: float, out: str, env=None,
         os.killpg(proc.pid, signal.SIGKILL)
         rc = proc.wait()
         status = "killed at its limit"
-  rec.update(status=status, rc=rc, seconds=round(time.monotonic() - t, 1))
+  rec.update(status=status, rc=rc, seconds=round(time.monotonic() - t, 1),
+             end_unix=round(time.time(), 2))
   print(f"[accelerator_run] {name}: {status} (rc {rc}) in {rec['seconds']}s "
         f"(limit {rec['limit_s']}s)", file=sys.stderr, flush=True)
   return rec
@@ -156,7 +209,7 @@ def main(argv=None) -> int:
                  help=f"variants in order, from {sorted(AB_VARIANTS)}")
   p.add_argument("--breakdown_extra_s", type=float, default=20.0,
                  help=f"added to the limit of {HOST_BREAKDOWN} (the host-time breakdown: "
-                      "512 steps back to back and 220 timed dispatches)")
+                      "the same steps back to back and 220 timed dispatches)")
   p.add_argument("--torch_limit_s", type=float, default=35.0, help="per PyTorch setting")
   p.add_argument("--scratch", default="/tmp/accelerator_run")
   p.add_argument("--tiny", action="store_true", help="CPU rehearsal (small CNN)")
@@ -174,77 +227,82 @@ def main(argv=None) -> int:
             f"--out {args.data} (see experiments/accelerator_run.sh)")
   budget = Budget(args.budget_s)
   os.makedirs(os.path.join(args.out, "ab"), exist_ok=True)
-  parts = []
+  sampler = GpuSampler(os.path.join(args.out, "gpu_samples.csv")).start()
+  try:
+    parts = []
 
-  def record(rec):
-    parts.append(rec)
-    with open(os.path.join(args.out, "parts.json"), "w", encoding="utf-8") as f:
-      json.dump(parts, f, indent=1)
+    def record(rec):
+      parts.append(rec)
+      with open(os.path.join(args.out, "parts.json"), "w", encoding="utf-8") as f:
+        json.dump(parts, f, indent=1)
 
-  def skip(name, why):
-    record({"name": name, "status": f"skipped: {why}", "rc": None, "seconds": 0,
-            "limit_s": 0})
-    print(f"[accelerator_run] {name}: skipped ({why})", file=sys.stderr, flush=True)
+    def skip(name, why):
+      record({"name": name, "status": f"skipped: {why}", "rc": None, "seconds": 0,
+              "limit_s": 0})
+      print(f"[accelerator_run] {name}: skipped ({why})", file=sys.stderr, flush=True)
 
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
-  record(run_part("environment", [sys.executable, "-c", (
-      "import jax, flax, optax, numpy; print('python', __import__('sys').version.split()[0],"
-      " 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, "
-      "'numpy', numpy.__version__); print(jax.devices()); import os, importlib.util as u; "
-      "print('XLA_FLAGS', repr(os.environ.get('XLA_FLAGS'))); "
-      "print('ml_collections from', (u.find_spec('ml_collections') or "
-      "type('', (), {'origin': None})).origin)")], 60, args.out, env))
-  # 1. The two training runs, protected: each keeps its own limit (the report and the
-  #    parts after them get what is left).
-  for method in ("fixmatch", "debiaspl"):
-    limit = min(args.train_limit_s, budget.left() - 30)
-    if limit < 30:
-      skip(f"train_{method}", "no time left")
-      continue
-    # XLA_FLAGS as the "default" A/B variant: the same compile options, so the
-    # persistent compilation cache serves that variant the debiaspl run's program.
-    record(run_part(f"train_{method}", train_cmd(method, args), limit, args.out,
-                    dict(env, XLA_FLAGS=AB_VARIANTS["default"])))
-  # 2. The PyTorch reference step, its fastest setting; 3. the XLA_FLAGS A/B of the
-  #    trainer (a variant starts only when its whole limit fits); then the references'
-  #    own float32 NCHW setting, if time is left.
-  have_torch = importable("torch")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    record(run_part("environment", [sys.executable, "-c", (
+        "import jax, flax, optax, numpy; print('python', __import__('sys').version.split()[0],"
+        " 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, "
+        "'numpy', numpy.__version__); print(jax.devices()); import os, importlib.util as u; "
+        "print('XLA_FLAGS', repr(os.environ.get('XLA_FLAGS'))); "
+        "print('ml_collections from', (u.find_spec('ml_collections') or "
+        "type('', (), {'origin': None})).origin)")], 60, args.out, env))
+    # 1. The two training runs, protected: each keeps its own limit (the report and the
+    #    parts after them get what is left).
+    for method in ("fixmatch", "debiaspl"):
+      limit = min(args.train_limit_s, budget.left() - 30)
+      if limit < 30:
+        skip(f"train_{method}", "no time left")
+        continue
+      # XLA_FLAGS as the "default" A/B variant: the same compile options, so the
+      # persistent compilation cache serves that variant the debiaspl run's program.
+      record(run_part(f"train_{method}", train_cmd(method, args), limit, args.out,
+                      dict(env, XLA_FLAGS=AB_VARIANTS["default"])))
+    # 2. The PyTorch reference step, its fastest setting; 3. the XLA_FLAGS A/B of the
+    #    trainer (a variant starts only when its whole limit fits); then the references'
+    #    own float32 NCHW setting, if time is left.
+    have_torch = importable("torch")
 
-  def torch_part(name, extra):
-    limit = min(args.torch_limit_s, budget.left() - 15)
-    if not have_torch:
-      return skip(name, "torch is not installed")
-    if limit < 20:
-      return skip(name, "no time left")
-    device = "cpu" if args.tiny else "cuda"
-    steps = (["--steps", "3", "--warmup", "1", "--batch", "8", "--mu", "2"] if args.tiny
-             else ["--steps", "100", "--warmup", "20"])
-    return record(run_part(name, [sys.executable, "experiments/torch_reference_step.py",
-                                  "--device", device] + steps + extra, limit, args.out, env))
+    def torch_part(name, extra):
+      limit = min(args.torch_limit_s, budget.left() - 15)
+      if not have_torch:
+        return skip(name, "torch is not installed")
+      if limit < 20:
+        return skip(name, "no time left")
+      device = "cpu" if args.tiny else "cuda"
+      steps = (["--steps", "3", "--warmup", "1", "--batch", "8", "--mu", "2"] if args.tiny
+               else ["--steps", "100", "--warmup", "20"])
+      cmd = [sys.executable, "experiments/torch_reference_step.py", "--device", device]
+      return record(run_part(name, cmd + steps + extra, limit, args.out, env))
 
-  torch_part("torch_bf16_channels_last", ["--bf16", "--channels_last"])
-  for name in filter(None, args.ab.split(",")):
-    limit = ((args.ab_cached_limit_s if name in CACHED else args.ab_limit_s)
-             + (args.breakdown_extra_s if name in HOST_BREAKDOWN else 0))
-    if budget.left() - 15 < limit:
-      skip(f"ab_{name}", f"less than its {limit:.0f} s limit left")
-      continue
-    record(run_part(f"ab_{name}", ab_cmd(name, args), limit, args.out,
-                    dict(env, XLA_FLAGS=AB_VARIANTS[name])))
-  torch_part("torch_f32_nchw", [])
-  # 4. Side-by-side analysis (matplotlib may be absent on the accelerator host).
-  runs = [os.path.join(args.out, "runs", m) for m in ("debiaspl", "fixmatch")]
-  if not importable("matplotlib"):
-    skip("analyze", "matplotlib is not installed: run `python -m dlpl_jax.analyze "
-         "OUT/runs/debiaspl OUT/runs/fixmatch` where it is")
-  elif budget.left() < 15:
-    skip("analyze", "no time left")
-  else:
-    record(run_part("analyze", [sys.executable, "-m", "dlpl_jax.analyze"] + runs,
-                    min(60, budget.left() - 5), args.out, env))
-  print(write_report(args.out))
-  failed = [r["name"] for r in parts if r["name"].startswith("train_") and r["rc"] != 0]
-  return 1 if failed else 0
+    torch_part("torch_bf16_channels_last", ["--bf16", "--channels_last"])
+    for name in filter(None, args.ab.split(",")):
+      limit = ((args.ab_cached_limit_s if name in CACHED else args.ab_limit_s)
+               + (args.breakdown_extra_s if name in HOST_BREAKDOWN else 0))
+      if budget.left() - 15 < limit:
+        skip(f"ab_{name}", f"less than its {limit:.0f} s limit left")
+        continue
+      record(run_part(f"ab_{name}", ab_cmd(name, args), limit, args.out,
+                      dict(env, XLA_FLAGS=AB_VARIANTS[name])))
+    torch_part("torch_f32_nchw", [])
+    # 4. Side-by-side analysis (matplotlib may be absent on the accelerator host).
+    runs = [os.path.join(args.out, "runs", m) for m in ("debiaspl", "fixmatch")]
+    if not importable("matplotlib"):
+      skip("analyze", "matplotlib is not installed: run `python -m dlpl_jax.analyze "
+           "OUT/runs/debiaspl OUT/runs/fixmatch` where it is")
+    elif budget.left() < 15:
+      skip("analyze", "no time left")
+    else:
+      record(run_part("analyze", [sys.executable, "-m", "dlpl_jax.analyze"] + runs,
+                      min(60, budget.left() - 5), args.out, env))
+    sampler.stop()
+    print(write_report(args.out))
+    failed = [r["name"] for r in parts if r["name"].startswith("train_") and r["rc"] != 0]
+    return 1 if failed else 0
+  finally:
+    sampler.stop()
 
 
 # ----------------------------------------------------------------------------------
@@ -343,6 +401,34 @@ def _host_rows(out: str) -> list[str]:
   return rows
 
 
+def _gpu_rows(out: str) -> list[str]:
+  """Each part's median GPU SM clock, utilization, power and temperature, from
+  ``gpu_samples.csv`` (:class:`GpuSampler`) and the parts' start and end times."""
+  path = os.path.join(out, "gpu_samples.csv")
+  if not os.path.isfile(path):
+    return ["- no samples (nvidia-smi was not found)"]
+  samples = []
+  with open(path, encoding="utf-8") as f:
+    next(f, None)
+    for line in f:
+      try:
+        samples.append([float(x) for x in line.split(",")])
+      except ValueError:  # "[N/A]" or a cut line
+        continue
+  rows = ["| part | samples | SM clock MHz | GPU utilization % | power W | temperature C |",
+          "|---|---:|---:|---:|---:|---:|"]
+  for r in _read_json(os.path.join(out, "parts.json")) or []:
+    if "start_unix" not in r or "end_unix" not in r:
+      continue
+    inside = [x[1:] for x in samples if r["start_unix"] <= x[0] <= r["end_unix"]]
+    if not inside:
+      continue
+    med = [statistics.median(col) for col in zip(*inside)]
+    rows.append(f"| {r['name']} | {len(inside)} | " + " | ".join(f"{v:.0f}" for v in med)
+                + " |")
+  return rows
+
+
 def _torch_rows(out: str) -> list[str]:
   rows = []
   for name in ("torch_bf16_channels_last", "torch_f32_nchw"):
@@ -364,7 +450,9 @@ def write_report(out: str) -> str:
            ""] + _run_rows(out) + [
            "", "## Trainer throughput by XLA_FLAGS (synthetic data, bf16)", ""
            ] + _ab_rows(out) + ["", "## Host time per step in the trainer", ""
-           ] + _host_rows(out) + ["", "## PyTorch reference step (no augmentation)", ""
+           ] + _host_rows(out) + ["", "## GPU clock, utilization and power per part "
+           "(medians of 1 s samples)", ""
+           ] + _gpu_rows(out) + ["", "## PyTorch reference step (no augmentation)", ""
            ] + _torch_rows(out) + ["", "## Parts", "",
            "| part | status | rc | seconds | limit s |", "|---|---|---:|---:|---:|"] + [
            f"| {r['name']} | {r['status']} | {r['rc']} | {r['seconds']} | {r['limit_s']} |"

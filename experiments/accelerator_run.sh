@@ -4,8 +4,10 @@
 #   8,192 steps each with the cosine over them, EMA evaluation on the full test set
 #   every 1,024 steps) through the real trainer, from the compact CIFAR-10 copy (no
 #   TensorFlow); then the PyTorch reference step; then the trainer's throughput under
-#   XLA:GPU command-buffer settings; then the side-by-side analysis (where matplotlib is
-#   installed). Everything is written under $OUT; $OUT/report.md holds the tables.
+#   XLA:GPU command-buffer settings, with its host time per step; then the side-by-side
+#   analysis (where matplotlib is installed). The GPU's clock, utilization and power are
+#   sampled once a second throughout. Everything is written under $OUT;
+#   $OUT/report.md holds the tables.
 #
 # Budget (seconds, one H100; each part is killed at its limit, so a slow part cannot eat
 # the others; the training runs come first; measured rates: experiments/results/gpu.md):
@@ -16,7 +18,7 @@
 #   trainer A/B: default                          <= 65   (the debiaspl run's program
 #                                                           from the compilation cache,
 #                                                           plus the host time per step:
-#                                                           512 steps back to back and
+#                                                           the same steps back to back,
 #                                                           220 timed dispatches)
 #                graphs_all, no_graphs        2 x <= 80   (compile 35-45 + 640 steps)
 #                default_log512                   <= 45   (cached; metrics every 512

@@ -124,3 +124,33 @@ def test_the_script_end_to_end_on_a_simulated_host(tmp_path):
   assert "back-to-back step |" in report
   assert "| debiaspl | cnn_small | 16/16 |" in report
   assert "| no_graphs (`--xla_gpu_enable_command_buffer=`) | 8 | " in report
+
+
+def test_gpu_samples_are_stamped_and_summarized_per_part(tmp_path, monkeypatch):
+  """A stand-in nvidia-smi streams lines as ``-lms`` does; the sampler stamps them, and
+  the report gives each part the medians of the samples inside its start and end."""
+  fake = tmp_path / "bin" / "nvidia-smi"
+  fake.parent.mkdir()
+  fake.write_text("#!/bin/sh\nwhile true; do echo '1980, 97, 450.5, 61'; sleep 0.05; done\n")
+  fake.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+  out = tmp_path / "out"
+  out.mkdir()
+  sampler = accelerator_run.GpuSampler(str(out / "gpu_samples.csv")).start()
+  rec = accelerator_run.run_part("busy", [sys.executable, "-c", "import time; "
+                                          "time.sleep(0.6)"], 30, str(out))
+  sampler.stop()
+  sampler.stop()  # idempotent
+  rows = (out / "gpu_samples.csv").read_text().splitlines()
+  assert rows[0] == "time,sm_mhz,util_pct,power_w,temp_c" and len(rows) > 5
+  stamps = [float(r.split(",")[0]) for r in rows[1:]]
+  assert stamps == sorted(stamps) and rows[1].split(",")[1:] == ["1980", "97", "450.5", "61"]
+  # A part outside the sampled interval gets no row.
+  late = {"name": "later", "start_unix": stamps[-1] + 100, "end_unix": stamps[-1] + 200}
+  (out / "parts.json").write_text(json.dumps([rec, late]))
+  table = accelerator_run._gpu_rows(str(out))  # pylint: disable=protected-access
+  busy = [r for r in table if r.startswith("| busy |")]
+  assert len(busy) == 1 and busy[0].endswith("| 1980 | 97 | 450 | 61 |")
+  assert not any(r.startswith("| later |") for r in table)
+  assert accelerator_run._gpu_rows(str(tmp_path)) == [  # pylint: disable=protected-access
+      "- no samples (nvidia-smi was not found)"]
