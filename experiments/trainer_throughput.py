@@ -97,8 +97,9 @@ class HostTimer:
     self._saved = []
 
 
-def back_to_back(config, data, steps: int) -> float:
-  """Seconds per step of the jitted step dispatched ``steps`` times, synced once."""
+def _step_inputs(config, data):
+  """A fresh replicated state, the data on the devices, and the static keywords with
+  which the trainer calls ``train.jit_train_step(state, data, **keywords)``."""
   mesh = train.make_mesh()
   model = train.build_model(config)
   cfg = train.StepConfig.from_config(config)
@@ -106,12 +107,18 @@ def back_to_back(config, data, steps: int) -> float:
       train.create_train_state(config, model, data.x_l.shape[1:])), mesh)
   dev = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
                          "y_u": data.y_u}, mesh)
+  return state, dev, {"model": model, "cfg": cfg, "mesh": mesh}
+
+
+def back_to_back(config, data, steps: int) -> float:
+  """Seconds per step of the jitted step dispatched ``steps`` times, synced once."""
+  state, dev, kw = _step_inputs(config, data)
   for _ in range(3):  # compile and warm up
-    state, m = train.jit_train_step(state, dev, model=model, cfg=cfg, mesh=mesh)
+    state, m = train.jit_train_step(state, dev, **kw)
   jax.block_until_ready((state, m))
   t = time.perf_counter()
   for _ in range(steps):
-    state, m = train.jit_train_step(state, dev, model=model, cfg=cfg, mesh=mesh)
+    state, m = train.jit_train_step(state, dev, **kw)
   jax.block_until_ready((state, m))
   return (time.perf_counter() - t) / steps
 
@@ -120,18 +127,11 @@ def dispatch_cost(config, data, n: int = 200) -> dict:
   """Host µs to dispatch one train step (call returned; the step is then synced, untimed):
   through ``jax.jit`` with the static ``model``/``cfg``/``mesh`` keywords, as the trainer
   calls it, against the AOT-compiled executable, as :mod:`dlpl_jax.bench` calls it."""
-  mesh = train.make_mesh()
-  model = train.build_model(config)
-  cfg = train.StepConfig.from_config(config)
-  state = train.replicate(jax.device_get(
-      train.create_train_state(config, model, data.x_l.shape[1:])), mesh)
-  dev = train.replicate({"x_l": data.x_l, "y_l": data.y_l, "x_u": data.x_u,
-                         "y_u": data.y_u}, mesh)
-  compiled = train.jit_train_step.lower(state, dev, model=model, cfg=cfg,
-                                        mesh=mesh).compile()
+  state, dev, kw = _step_inputs(config, data)
+  compiled = train.jit_train_step.lower(state, dev, **kw).compile()
   calls = {
       "jax.jit with static keywords (trainer)":
-          lambda st: train.jit_train_step(st, dev, model=model, cfg=cfg, mesh=mesh),
+          lambda st: train.jit_train_step(st, dev, **kw),
       "AOT-compiled executable (bench)": lambda st: compiled(st, dev),
   }
   out = {}
