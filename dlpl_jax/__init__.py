@@ -2,7 +2,9 @@
 
 The pure math is re-exported here; the rest lives in submodules (``dlpl_jax.augment``,
 ``dlpl_jax.models``, ``dlpl_jax.train``, ...). Importing the package does not import
-TensorFlow; only ``dlpl_jax.data`` needs it, and only when it loads a dataset.
+TensorFlow. TensorFlow is imported only on use: by ``dlpl_jax.data`` and
+``dlpl_jax.imagenet`` when they read a dataset, by the TensorBoard writer of
+``dlpl_jax.metrics``, and by ``python -m dlpl_jax.augment --show`` (real images).
 """
 
 from dlpl_jax import loss

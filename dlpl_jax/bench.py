@@ -11,7 +11,8 @@ Each step is timed alone (``block_until_ready``; medians and p10/p90 are reporte
 the same number of steps back to back with one sync at the end, as the trainer runs
 them (on an H100 the two differ by ~3 ms per step, experiments/results/gpu.md); the
 augmentation is also timed alone.
-Eval is :func:`~dlpl_jax.train.jit_eval_step` with the EMA params, one batch of
+Eval is :func:`~dlpl_jax.train.jit_eval_step` with the params the trainer evaluates
+(the EMA params, or the student's where ``eval_params = 'student'``), one batch of
 ``eval_batch_size`` images at a time. Numbers are per process (all its devices).
 
 ImageNet configs (``input = 'imagenet'``): the step is

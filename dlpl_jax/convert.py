@@ -4,7 +4,7 @@ For initialising :class:`dlpl_jax.models.ResNet50` from a self-supervised checkp
 (MoCo, MoCo-EMAN) or from any torchvision-layout ResNet-50. The command::
 
   python -m dlpl_jax.convert --pth res50_moco_eman_800ep.pth.tar \\
-      --out resnet50_init.msgpack [--prefix auto] [--drop_fc] [--trust_pickle]
+      --out resnet50_init.msgpack [--prefix PREFIX] [--drop_fc] [--trust_pickle]
 
 reads the checkpoint (PyTorch is needed for a ``.pth``/``.pth.tar`` only and is
 imported then; an ``.npz`` of the state dict's arrays, keyed by torch names, needs

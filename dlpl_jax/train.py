@@ -1,7 +1,8 @@
-"""FixMatch / DebiasPL training: the TrainState, the jitted data-parallel step, the loop.
+"""FixMatch / DebiasPL training: the TrainState and the jitted data-parallel steps.
 
 Arrows point one way: this module composes the pure math (:mod:`dlpl_jax.pseudo_label`),
-augmentation (:mod:`dlpl_jax.augment`), the model, the data and the checkpoints.
+augmentation (:mod:`dlpl_jax.augment`) and the model; the loop around it (data,
+evaluation, metrics, checkpoints) is :mod:`dlpl_jax.trainer`.
 
 Data parallelism is jax.jit over a 1-D device mesh with a ``"data"`` axis: the state and
 the in-memory datasets are replicated, each step's batch is sharded along ``"data"``.
