@@ -26,6 +26,8 @@ def concrete_float(x) -> float | None:
     return None
   if arr.shape != ():
     raise ValueError(f"expected a scalar, got an array of shape {arr.shape}")
+  if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+    raise ValueError(f"expected a number, got {x!r}")
   return float(arr)
 
 
@@ -110,6 +112,55 @@ def check_unit_interval(name: str, x) -> None:
   v = concrete_float(x)
   if v is not None and not 0.0 <= v <= 1.0:  # also refuses NaN
     raise ValueError(f"{name} must lie in [0, 1], got {v}")
+
+
+def guard_unit_interval(name: str, x, dtype) -> jax.Array:
+  """``x`` as a ``dtype`` scalar in ``[0, 1]``: a concrete value outside is refused now
+  (``ValueError``); a traced one becomes NaN, so what depends on it is NaN rather than
+  a plausible wrong number (a mask of all ones, a marginal off the simplex)."""
+  check_unit_interval(name, x)
+  v = jnp.asarray(x, dtype)
+  if concrete_float(x) is None:
+    v = jnp.where((v >= 0) & (v <= 1), v, jnp.nan)
+  return v
+
+
+# How far a concrete row of probabilities may be from summing to 1 (a bfloat16 softmax
+# over 1000 classes is off by about 2e-3), and an entry from [0, 1].
+PROB_SUM_TOL = 1e-2
+PROB_ENTRY_TOL = 1e-6
+
+
+def check_probabilities(name: str, probs) -> None:
+  """Refuses a concrete (not traced) ``[B, C]`` array that is not rows of probabilities:
+  entries finite and in [0, 1], each row summing to 1 (within :data:`PROB_SUM_TOL`).
+  Logits passed as probabilities would otherwise give a mask of all ones or a marginal
+  off the simplex, without an error."""
+  if isinstance(probs, jax.core.Tracer) or not getattr(probs, "is_fully_addressable", True):
+    return
+  p = np.asarray(jax.device_get(probs)).astype(np.float64)
+  bad = ~np.isfinite(p).all(axis=-1)
+  if bad.any():
+    raise ValueError(f"{name} must be finite, got a non-finite entry in row "
+                     f"{int(np.flatnonzero(bad)[0])}")
+  sums = p.sum(axis=-1)
+  worst = int(np.argmax(np.abs(sums - 1)))
+  if (p.min() < -PROB_ENTRY_TOL or p.max() > 1 + PROB_ENTRY_TOL
+      or abs(sums[worst] - 1) > PROB_SUM_TOL):
+    raise ValueError(
+        f"{name} must hold probabilities (entries in [0, 1], rows summing to 1, e.g. a "
+        f"softmax), got entries in [{p.min():.4g}, {p.max():.4g}] and row {worst} "
+        f"summing to {sums[worst]:.4g} (logits? apply jax.nn.softmax first)")
+
+
+def check_finite(name: str, x) -> None:
+  """Refuses a concrete (not traced) array with a non-finite entry, naming it."""
+  if isinstance(x, jax.core.Tracer) or not getattr(x, "is_fully_addressable", True):
+    return
+  bad = np.argwhere(~np.isfinite(np.asarray(jax.device_get(x), np.float64)))
+  if bad.size:
+    raise ValueError(f"{name} must be finite, got {np.asarray(x)[tuple(bad[0])]} at index "
+                     f"{tuple(int(i) for i in bad[0])} ({len(bad)} non-finite)")
 
 
 def check_logits_marginal_tau(logits, marginal, tau) -> None:

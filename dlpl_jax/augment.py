@@ -10,7 +10,9 @@ per-image function is vmapped), contain no Python branching on array values, are
 deterministic for a given key, and return float32 values in [0, 255] (integers, as
 from a uint8 image). ``strong`` rounds float inputs to the nearest integer first (the
 reference works on uint8 PIL images), so a uint8 image and its float copy give the same
-views; ``weak`` only moves pixels and keeps values as they are.
+views; ``weak`` only moves pixels and keeps values as they are. Input off the [0, 255]
+scale (normalised, or [0, 1] floats) is refused with a ValueError, or gives NaN under
+``jax.jit``, rather than views of the wrong scale.
 
 Reference followed (exactly, op by op): kekmodel/FixMatch-pytorch,
 ``dataset/cifar.py`` ``TransformFixMatch`` and ``dataset/randaugment.py``
@@ -101,11 +103,14 @@ import functools
 import math
 import os
 import pathlib
+import sys
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dlpl_jax.errors import UsageError
 
 # ----------------------------------------------------------------------------------
 # Constants of the reference (kekmodel/FixMatch-pytorch).
@@ -728,8 +733,52 @@ def _strong_one(img: jax.Array, p: StrongParams) -> jax.Array:
 
 
 def _check_images(images) -> None:
-  if jnp.ndim(images) != 4 or jnp.shape(images)[-1] != 3:
-    raise ValueError(f"images must be [B, H, W, 3], got shape {jnp.shape(images)}")
+  """Static checks: ``[B >= 1, H >= 2, W >= 2, 3]``, a real or integer dtype."""
+  shape = jnp.shape(images)
+  if len(shape) != 4 or shape[-1] != 3:
+    raise ValueError(f"images must be [B, H, W, 3], got shape {shape}")
+  if shape[0] == 0:
+    raise ValueError(f"images must hold at least one image, got shape {shape}")
+  if min(shape[1:3]) < 2:
+    raise ValueError(f"images must be at least 2 x 2 pixels, got shape {shape}")
+  dtype = jnp.result_type(images)
+  if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+    raise ValueError(f"images must be uint8 or float in [0, 255], got dtype {dtype}")
+
+
+def _range_ok(x: jax.Array) -> jax.Array:
+  """Whether a non-uint8 batch is on the [0, 255] scale: every value in [0, 255], and
+  not the look of [0, 1] images (all values <= 1 with some fractional); a scalar bool."""
+  in_range = jnp.all((x >= 0) & (x <= 255))
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return in_range
+  unit_scale = jnp.all(x <= 1) & jnp.any(x != jnp.round(x))
+  return in_range & ~unit_scale
+
+
+def _check_values(images) -> None:
+  """Refuses a concrete (not traced) batch off the [0, 255] scale (see :func:`_range_ok`);
+  uint8 needs no look at the values. A traced batch is checked in the jitted view,
+  which comes out NaN where this would raise."""
+  if jnp.result_type(images) == jnp.uint8 or isinstance(images, jax.core.Tracer):
+    return
+  x = np.asarray(jax.device_get(images))
+  if bool(_range_ok(jnp.asarray(x))):
+    return
+  lo, hi = x.min(), x.max()
+  hint = (" (it looks like [0, 1] images: multiply by 255)" if 0 <= lo and hi <= 1 else
+          " (normalised images? augment before normalising)" if lo < 0 else "")
+  raise ValueError(f"images must be uint8 or values in [0, 255], got values in "
+                   f"[{lo}, {hi}]{hint}")
+
+
+def _poison(out: jax.Array, images) -> jax.Array:
+  """``out`` where the input batch is on the [0, 255] scale, else all NaN (traced input
+  cannot raise); uint8 input is returned unchanged at no cost."""
+  x = jnp.asarray(images)
+  if x.dtype == jnp.uint8:
+    return out
+  return jnp.where(_range_ok(x), out, jnp.nan)
 
 
 @jax.jit
@@ -756,38 +805,57 @@ def apply_strong(images, params: StrongParams) -> jax.Array:
 
 
 @jax.jit
+def _weak_jit(key, images) -> jax.Array:
+  b, h, w, _ = jnp.shape(images)
+  return _poison(apply_weak(images, sample_weak_params(key, b, h, w)), images)
+
+
+@jax.jit
+def _strong_jit(key, images) -> jax.Array:
+  b, h, w, _ = jnp.shape(images)
+  return _poison(apply_strong(images, sample_strong_params(key, b, h, w)), images)
+
+
 def weak(key, images) -> jax.Array:
   """FixMatch weak view: random horizontal flip, then a random translation by up to 12.5%
   of the side (4 px on 32x32) with reflect padding; independent per image.
 
   Args:
     key: a JAX PRNG key.
-    images: ``[B, H, W, 3]`` uint8 or float in [0, 255].
+    images: ``[B, H, W, 3]``, ``B >= 1``, ``H, W >= 2``: uint8, or integers / floats
+      on the same [0, 255] scale.
 
   Returns:
     float32 ``[B, H, W, 3]`` in [0, 255].
+
+  Raises:
+    ValueError: a wrong shape or dtype; concrete (not traced) values outside [0, 255],
+      or a float batch that looks like [0, 1] images (every value <= 1, some
+      fractional). Under ``jax.jit`` such a batch comes out all NaN instead.
   """
   _check_images(images)
-  b, h, w, _ = jnp.shape(images)
-  return apply_weak(images, sample_weak_params(key, b, h, w))
+  _check_values(images)
+  return _weak_jit(key, images)
 
 
-@jax.jit
 def strong(key, images) -> jax.Array:
   """FixMatch strong view (kekmodel RandAugmentMC(2, 10) + Cutout of random side up to
-  half the image, after flip + crop);
-  independent per image.
+  half the image, after flip + crop); independent per image.
 
   Args:
     key: a JAX PRNG key.
-    images: ``[B, H, W, 3]`` uint8 or float in [0, 255].
+    images: ``[B, H, W, 3]``, ``B >= 1``, ``H, W >= 2``: uint8, or integers / floats
+      on the same [0, 255] scale (floats are rounded).
 
   Returns:
     float32 ``[B, H, W, 3]``, integer values in [0, 255].
+
+  Raises:
+    ValueError: as :func:`weak` (under ``jax.jit``, NaN output instead).
   """
   _check_images(images)
-  b, h, w, _ = jnp.shape(images)
-  return apply_strong(images, sample_strong_params(key, b, h, w))
+  _check_values(images)
+  return _strong_jit(key, images)
 
 
 # ----------------------------------------------------------------------------------
@@ -836,12 +904,16 @@ def show(images, key, out_path, n_strong: int = 3) -> pathlib.Path:
   return out_path
 
 
+MAX_SHOW = 64  # columns of the --show grid
+
+
 def _load_cifar_test(n: int, data_dir: str | None) -> np.ndarray:
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   if data_dir is None:
-    raise SystemExit("set TFDS_DATA_DIR (or --data_dir) to the prepared CIFAR-10")
+    raise UsageError("set TFDS_DATA_DIR (or --data_dir) to the prepared CIFAR-10")
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   if not tfds.builder("cifar10", data_dir=data_dir).is_prepared():
-    raise SystemExit(f"cifar10 is not prepared under {data_dir}")
+    raise UsageError(f"cifar10 is not prepared under {data_dir} (set TFDS_DATA_DIR or "
+                     "--data_dir to the folder that holds cifar10/)")
   ds = tfds.load("cifar10", split=f"test[:{n}]", batch_size=-1, download=False,
                  data_dir=data_dir)
   return tfds.as_numpy(ds)["image"]
@@ -854,7 +926,8 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default="runs/augment_views.png",
                       help="PNG path (default runs/augment_views.png, not committed; the "
                            "README's figure: --out experiments/results/augment_views.png)")
-  parser.add_argument("--n", type=int, default=8, help="number of images (columns)")
+  parser.add_argument("--n", type=int, default=8,
+                      help=f"number of images (columns), 1 to {MAX_SHOW}")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--data_dir", default=None,
                       help="TFDS data dir (default: $TFDS_DATA_DIR or ../shared/...)")
@@ -862,12 +935,25 @@ def main(argv=None) -> None:
   if not args.show:
     parser.print_help()
     return
+  if not 1 <= args.n <= MAX_SHOW:
+    parser.error(f"--n must be in [1, {MAX_SHOW}], got {args.n}")
+  if pathlib.Path(args.out).suffix.lower() != ".png":
+    parser.error(f"--out must be a .png path, got {args.out!r}")
   data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR")
   if data_dir is None:
     shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
     data_dir = str(shared) if shared.is_dir() else None
-  images = _load_cifar_test(args.n, data_dir)
-  path = show(images, jax.random.key(args.seed), args.out)
+  try:
+    images = _load_cifar_test(args.n, data_dir)
+    path = show(images, jax.random.key(args.seed), args.out)
+  except UsageError as e:
+    print(f"[dlpl_jax] error: {e}", file=sys.stderr)
+    sys.exit(UsageError.exit_code)
+  except OSError as e:  # the PNG cannot be written where --out says
+    where = f" ({e.filename})" if e.filename and str(e.filename) != args.out else ""
+    print(f"[dlpl_jax] error: cannot write {args.out}: {e.strerror or e}{where}",
+          file=sys.stderr)
+    sys.exit(UsageError.exit_code)
   print(f"wrote {path}")
 
 

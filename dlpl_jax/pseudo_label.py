@@ -107,12 +107,14 @@ def update_marginal(
   Returns:
     ``[C]`` updated marginal, still a probability vector. Under ``jax.jit``, a traced
     marginal entry that is negative or not finite comes out NaN (it is not carried
-    on, nor clipped, as a plausible number).
+    on, nor clipped, as a plausible number); a traced momentum outside ``[0, 1]``
+    makes every entry NaN.
 
   Raises:
     ValueError: wrong ranks or class counts, ``B = 0`` (the batch mean would be NaN),
       a concrete momentum outside ``[0, 1]``, a concrete marginal with a negative or
-      non-finite entry.
+      non-finite entry, concrete probs that are not rows of probabilities (entries in
+      ``[0, 1]`` summing to 1 within 1e-2: logits passed by mistake).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -132,6 +134,7 @@ def update_marginal(
   _checks.check_classes("probs", probs, marginal)
   _checks.check_marginal_values(marginal)
   _checks.check_unit_interval("momentum", momentum)
+  _checks.check_probabilities("probs", probs)
   marginal = jnp.asarray(marginal)
   dtype = jnp.promote_types(_checks.compute_dtype(marginal), _checks.compute_dtype(probs))
   batch_mean = jnp.mean(jax.lax.stop_gradient(probs).astype(dtype), axis=0)
@@ -143,8 +146,8 @@ def update_marginal(
   m_value = _checks.concrete_float(momentum)
   if m_value is not None:  # 1 - m in double precision, then rounded once
     one_minus_m = jnp.asarray(1.0 - m_value, dtype)
-  else:
-    one_minus_m = 1 - jnp.asarray(momentum, dtype)
+  else:  # traced: NaN when outside [0, 1]
+    one_minus_m = 1 - _checks.guard_unit_interval("momentum", momentum, dtype)
   marginal = marginal.astype(dtype)
   new = marginal + one_minus_m * (batch_mean - marginal)
   # A traced bad entry (negative, NaN, inf) becomes NaN instead of being carried on.
@@ -164,7 +167,13 @@ def hard_labels(probs: ArrayLike, threshold: float | ArrayLike = 0.95) -> tuple[
     threshold: confidence threshold in ``[0, 1]`` (FixMatch: 0.95); greater-or-equal.
 
   Returns:
-    ``(labels, mask)``: ``[B]`` int32 class ids and ``[B]`` float32 mask in {0, 1}.
+    ``(labels, mask)``: ``[B]`` int32 class ids and ``[B]`` float32 mask in {0, 1}
+    (all NaN under ``jax.jit`` when a traced threshold is outside ``[0, 1]``).
+
+  Raises:
+    ValueError: wrong rank or dtype, ``B = 0``, a concrete threshold outside
+      ``[0, 1]``, concrete probs that are not rows of probabilities (logits passed by
+      mistake would pass any threshold).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -177,11 +186,12 @@ def hard_labels(probs: ArrayLike, threshold: float | ArrayLike = 0.95) -> tuple[
   _checks.check_rank("probs", probs, 2, "[B, C]")
   _checks.check_float("probs", probs)
   _checks.check_batch("probs", probs)
-  _checks.check_unit_interval("threshold", threshold)
+  _checks.check_probabilities("probs", probs)
   probs = jax.lax.stop_gradient(probs.astype(_checks.compute_dtype(probs)))
+  threshold = _checks.guard_unit_interval("threshold", threshold, probs.dtype)
   labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  mask = (jnp.max(probs, axis=-1) >= jnp.asarray(threshold, probs.dtype)).astype(jnp.float32)
-  return labels, mask
+  mask = (jnp.max(probs, axis=-1) >= threshold).astype(jnp.float32)
+  return labels, jnp.where(jnp.isnan(threshold), jnp.nan, mask)
 
 
 class UnlabeledLoss(NamedTuple):
@@ -240,12 +250,14 @@ def unlabeled_loss(
     ``jax.jit``, a traced ``tau`` that is negative or not finite, or a traced marginal
     with such an entry, makes ``loss`` and ``confidence`` NaN (the mask is then 0 and
     the labels are meaningless); a bad marginal entry also comes out NaN in
-    ``marginal`` (see :func:`update_marginal`).
+    ``marginal`` (see :func:`update_marginal`); a traced threshold or momentum outside
+    ``[0, 1]``, or non-finite weak logits, make ``loss`` NaN.
 
   Raises:
     ValueError: wrong ranks or shapes, ``B = 0``, a concrete ``tau`` that is negative
       or not finite, a concrete marginal with a negative or non-finite entry, a
-      concrete threshold or momentum outside ``[0, 1]``.
+      concrete threshold or momentum outside ``[0, 1]``, concrete weak logits with a
+      non-finite entry.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -262,6 +274,7 @@ def unlabeled_loss(
   """
   weak_logits, strong_logits = _checks.weak_strong(weak_logits, strong_logits, 2, "[B, C]")
   _checks.check_batch("weak_logits", weak_logits)
+  _checks.check_finite("weak_logits", weak_logits)
   q = debias(weak_logits, marginal, tau)
   labels, mask = hard_labels(q, threshold)
   raw = jax.nn.softmax(
@@ -271,7 +284,7 @@ def unlabeled_loss(
   # A NaN pseudo-label distribution (bad traced tau or marginal, non-finite weak
   # logits) masks every example, and XLA turns mask * NaN into 0: poison the loss
   # (and its gradient) explicitly so that it cannot read as a finite number.
-  ok = (jnp.all(jnp.isfinite(new_marginal))
+  ok = (jnp.all(jnp.isfinite(new_marginal)) & jnp.all(jnp.isfinite(mask))
         & jnp.isfinite(_checks.guard_tau(tau, new_marginal.dtype)))
   loss = jnp.mean(mask * per_example) * jnp.where(ok, 1.0, jnp.nan)
   return UnlabeledLoss(loss, new_marginal, labels, mask, jnp.max(q, axis=-1))

@@ -10,6 +10,7 @@ batch sizes are few and fixed, so the file compiles a handful of programs only.
 import functools
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -299,6 +300,48 @@ def test_views_compose_with_outer_jit_and_raw_keys():
   outer = jax.jit(lambda k, im: A.weak(k, im) / 255.0)
   np.testing.assert_allclose(np.asarray(outer(key, x)) * 255.0,
                              np.asarray(A.weak(key, x)), atol=1e-4)
+
+
+_UNIT = _noise_images(2, seed=5).astype(np.float32) / 255  # [0, 1] floats
+
+
+@pytest.mark.parametrize("view", ["weak", "strong"])
+@pytest.mark.parametrize("images, message", [
+    (_UNIT, "looks like [0, 1] images"),
+    ((_UNIT - 0.5) / 0.25, "normalised"),
+    (_noise_images(2, seed=5).astype(np.int16) * 4, "[0, 255]"),
+    (np.zeros((0, 8, 8, 3), np.uint8), "at least one image"),
+    (np.zeros((2, 1, 8, 3), np.uint8), "at least 2 x 2"),
+    (np.zeros((2, 8, 8, 3), bool), "dtype bool"),
+])
+def test_views_refuse_images_off_the_0_255_scale(view, images, message):
+  """Views of [0, 1] or normalised images would be silently wrong (Cutout paints 127,
+  strong rounds [0, 1] to {0, 1}); such input is refused, not augmented."""
+  with pytest.raises(ValueError, match=re.escape(message)):
+    getattr(A, view)(jax.random.key(0), images)
+
+
+@pytest.mark.parametrize("view", ["weak", "strong"])
+def test_views_under_jit_are_nan_for_images_off_the_scale(view):
+  fn = jax.jit(getattr(A, view))
+  key = jax.random.key(0)
+  assert np.isnan(np.asarray(fn(key, _UNIT))).all()
+  assert np.isnan(np.asarray(fn(key, _UNIT * 255 - 1))).all()  # one value below 0
+  x = _noise_images(2, seed=5)
+  np.testing.assert_array_equal(np.asarray(fn(key, x.astype(np.float32))),
+                                np.asarray(fn(key, x)))  # on the scale: unchanged
+  dark = np.zeros_like(x, np.float32)  # all <= 1 but integer: a black image, accepted
+  assert np.isfinite(np.asarray(fn(key, dark))).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--show", "--n", "-3"], "--n must be in [1, 64]"),
+    (["--show", "--out", "views"], "--out must be a .png path"),
+])
+def test_show_command_refuses_bad_arguments(args, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    A.main(args)
+  assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_views_of_real_images_are_plausible(real_images):

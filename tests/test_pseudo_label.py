@@ -112,6 +112,23 @@ class TestUpdateMarginal:
       pl.update_marginal(np.full(2, .5), np.full((2,), .5))
 
 
+  @pytest.mark.parametrize("probs", [
+      [[2.0, -1.0]],            # logits, not probabilities
+      [[0.9, 0.9]],             # rows summing to 1.8
+      [[0.5, float("nan")]],
+  ])
+  def test_refuses_what_is_not_probabilities(self, probs):
+    """Logits passed as probs would move the marginal off the simplex silently."""
+    with pytest.raises(ValueError, match=r"probs must (hold probabilities|be finite)"):
+      pl.update_marginal(np.full(2, .5), np.asarray(probs, np.float32), 0.5)
+
+  @pytest.mark.parametrize("m", [-0.1, 3.0, float("nan")])
+  def test_bad_traced_momentum_is_nan(self, m):
+    new = jax.jit(pl.update_marginal)(np.full(2, .5, np.float32),
+                                      np.full((1, 2), .5, np.float32), m)
+    assert np.isnan(new).all(), new
+
+
 class TestHardLabels:
 
   def test_threshold_is_greater_or_equal(self):
@@ -124,6 +141,25 @@ class TestHardLabels:
   def test_bad_threshold(self, t):
     with pytest.raises(ValueError, match=f"threshold must lie in \\[0, 1\\], got {t}"):
       pl.hard_labels(jnp.array([[0.5, 0.5]]), t)
+
+
+  def test_refuses_logits_as_probabilities(self):
+    with pytest.raises(ValueError, match=r"probs must hold probabilities .* row 0 "
+                                         r"summing to 3 \(logits\?"):
+      pl.hard_labels(jnp.array([[1.0, 2.0], [0.5, 0.5]]), 0.95)
+
+  @pytest.mark.parametrize("t", [-0.5, 1.5, float("nan")])
+  def test_bad_traced_threshold_gives_a_nan_mask(self, t):
+    """Under jit a threshold of 1.5 would mask everything and -0.5 nothing, silently."""
+    labels, mask = jax.jit(pl.hard_labels)(jnp.array([[0.25, 0.75]]), t)
+    np.testing.assert_array_equal(labels, [1])
+    assert np.isnan(mask).all(), mask
+    out = jax.jit(pl.unlabeled_loss)(Z, Z, P, 0.4, t, 0.9)
+    assert np.isnan(out.loss), out
+
+  def test_tau_must_be_a_number(self):
+    with pytest.raises(ValueError, match="expected a number, got None"):
+      pl.debias(Z, P, None)
 
 
 class TestUnlabeledLoss:
@@ -286,6 +322,9 @@ class TestRefusals:
     weak[0, 0] = np.nan  # non-finite weak logits: NaN marginal, NaN loss
     out = jax.jit(pl.unlabeled_loss)(weak, Z, P, 0.4, 0.5, 0.9)
     assert np.isnan(out.loss) and np.isnan(out.marginal).all()
+    with pytest.raises(ValueError, match=r"weak_logits must be finite, got nan at index "
+                                         r"\(0, 0\)"):  # eagerly: named, not the marginal
+      pl.unlabeled_loss(weak, Z, P, 0.4, 0.5, 0.9)
 
   def test_empty_batch(self):
     z0 = np.zeros((0, 3), np.float32)
