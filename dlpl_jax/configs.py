@@ -247,6 +247,8 @@ def validate(c: ml_collections.ConfigDict, check_files: bool = True) -> None:
        f"model must be wrn28_2, wrn28_8, cnn_small or resnet50, got {c.model!r}")
   need(c.batch_size > 0 and c.mu > 0, f"batch_size and mu must be > 0, got {c.batch_size}, {c.mu}")
   need(c.total_steps > 0, f"total_steps must be > 0, got {c.total_steps}")
+  for k in ("seed", "labeled_seed"):  # PRNGKey and NumPy take 32-bit seeds
+    need(0 <= c[k] < 2**32, f"{k} must be in [0, 2**32), got {c[k]}")
   need(c.num_classes >= 2, f"num_classes must be >= 2, got {c.num_classes}")
   for k in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
     need(c[k] > 0, f"{k} must be > 0, got {c[k]}")
@@ -263,8 +265,8 @@ def validate(c: ml_collections.ConfigDict, check_files: bool = True) -> None:
   finite("lt.gamma", 1)
   need(c.labels_per_class > 0 or c.lt.enabled, "labels_per_class must be > 0")
   if c.lt.enabled:
-    need(c.lt.n1 > 0 and c.lt.m1 >= 0, f"lt.n1 must be > 0 and lt.m1 >= 0, got {c.lt.n1}, "
-                                        f"{c.lt.m1}")
+    need(c.lt.n1 > 0 and c.lt.m1 > 0, f"lt.n1 and lt.m1 must be > 0, got {c.lt.n1}, "
+                                       f"{c.lt.m1}")
     need(c.in_memory, "in_memory=False streams the whole training split as the unlabeled "
                       "set; the long-tailed protocols need in_memory=True")
   known = KNOWN_DATASETS.get(c.dataset)
@@ -397,13 +399,37 @@ def load_config_file(spec: str):
                      f"configs are experiments/*.py")
   module_spec = importlib.util.spec_from_file_location("_dlpl_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (any error in the user's file)
+    raise UsageError(f"config file {path!r} cannot be loaded: {_where(e, path)}") from e
   if not hasattr(module, "get_config"):
     raise UsageError(f"config file {path!r} defines no get_config()")
   try:
-    return module.get_config(variant) if variant else module.get_config()
+    config = module.get_config(variant) if variant else module.get_config()
   except (ValueError, KeyError) as e:
     raise UsageError(f"config {spec!r}: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(f"config {spec!r}: get_config() failed: {_where(e, path)}") from e
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(f"config {spec!r}: get_config() must return an ml_collections "
+                     f"ConfigDict (extend configs.get_base_config()), got "
+                     f"{type(config).__name__}")
+  return config
+
+
+def _where(e: Exception, path: str) -> str:
+  """``Type: message (line N)`` of an exception raised by the config file ``path``."""
+  line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else None
+  tb = e.__traceback__
+  while tb is not None:  # the innermost frame in the config file itself
+    if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+      line = tb.tb_lineno
+    tb = tb.tb_next
+  msg = (e.msg if isinstance(e, SyntaxError) else str(e)).splitlines()
+  return (f"{type(e).__name__}: {msg[0] if msg else ''}"
+          + (f" (line {line})" if line else ""))
 
 
 def check_overrides(argv) -> None:

@@ -206,14 +206,17 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """Reads a metrics.jsonl file (ignores a torn last line of a running job)."""
+  """Reads a metrics.jsonl file: its JSON objects, skipping a torn last line of a running
+  job and any line that is not a JSON object (bytes that are not UTF-8 included)."""
   out = []
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8", errors="replace") as f:
     for line in f:
       try:
-        out.append(json.loads(line))
+        record = json.loads(line)
       except json.JSONDecodeError:
-        pass
+        continue
+      if isinstance(record, dict):
+        out.append(record)
   return out
 
 

@@ -633,8 +633,10 @@ def evaluate(state: TrainState, x_test, y_test, *, model, num_classes: int, batc
   device-resident) test set.
 
   Returns:
-    dict with ``eval/top1`` (%), ``eval/per_class`` (``[C]`` %), ``eval/predicted``
-    (``[C]`` counts) and ``class_features`` (``[C, D]`` class-mean features).
+    dict with ``eval/top1`` (%), ``eval/per_class`` (``[C]`` %; NaN, written as null,
+    for a class with no test image, e.g. with a small ``eval_examples``),
+    ``eval/predicted`` (``[C]`` counts) and ``class_features`` (``[C, D]`` class-mean
+    features).
   """
   p, bs = eval_variables(state, params)
   sums = None
@@ -666,7 +668,8 @@ def _eval_summary(sums) -> dict:
   count = np.maximum(sums["count"], 1)
   return {
       "eval/top1": float(100.0 * sums["correct"].sum() / count.sum()),
-      "eval/per_class": (100.0 * sums["correct"] / count).tolist(),
+      "eval/per_class": np.where(sums["count"] > 0, 100.0 * sums["correct"] / count,
+                                 np.nan).tolist(),
       "eval/predicted": sums["predicted"].astype(int).tolist(),
       "class_features": sums["feature_sum"] / count[:, None],
   }

@@ -118,14 +118,22 @@ def _describe(info: dict) -> str:
 
 
 def read_config(workdir: str) -> dict | None:
+  """The stored run's config; None when there is no ``config.json``.
+
+  Raises:
+    UsageError: the file is there but is not a JSON object (damaged or edited).
+  """
   path = os.path.join(workdir, CONFIG_FILE)
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      stored = json.load(f)
   except FileNotFoundError:
     return None
-  except ValueError:
-    return {}
+  except ValueError as e:  # includes UnicodeDecodeError
+    raise UsageError(f"{path} cannot be read ({str(e).splitlines()[0]})") from None
+  if not isinstance(stored, dict):
+    raise UsageError(f"{path} holds a JSON {type(stored).__name__}, not a config")
+  return stored
 
 
 def check_config(workdir: str, config, step: int, allow_change: bool,
@@ -142,7 +150,15 @@ def check_config(workdir: str, config, step: int, allow_change: bool,
     UsageError: when they differ and ``allow_change`` is False: one line naming the keys
       and the stored and new values.
   """
-  stored = read_config(workdir)
+  try:
+    stored = read_config(workdir)
+  except UsageError as e:
+    if not allow_change:
+      raise UsageError(f"{e}: the run's config cannot be compared. Restore the file, or "
+                       "pass --allow_config_change to continue with the given config "
+                       "(the file is then rewritten)") from None
+    log(f"note: {e}; continuing with the given config (--allow_config_change)")
+    return []
   if stored is None:
     log(f"note: {workdir} has checkpoints but no {CONFIG_FILE}; the config cannot be "
         "compared with the stored run")

@@ -52,3 +52,31 @@ def test_every_experiment_has_a_documented_get_config():
     mod = importlib.import_module(f"experiments.{name}")
     assert "make train CONFIG=" in (mod.__doc__ or "") or "make study" in (mod.__doc__ or ""), name
     assert callable(mod.get_config), name
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def get_config(:\n", r"cannot be loaded: SyntaxError: .* \(line 1\)"),
+    ("import no_such_module\n", r"cannot be loaded: ModuleNotFoundError: .* \(line 1\)"),
+    ("def get_config():\n  return {'lr': 0.1}\n",
+     r"get_config\(\) must return an ml_collections ConfigDict .* got dict"),
+    ("from dlpl_jax import configs\n\ndef get_config():\n  c = configs.get_base_config()\n"
+     "  c.batch_size = '16'\n  return c\n",
+     r"get_config\(\) failed: TypeError: .*batch_size.* \(line 5\)"),
+    ("x = 1\n", r"defines no get_config\(\)"),
+])
+def test_a_broken_config_file_is_one_usage_error(tmp_path, source, message):
+  """A user's config file with an error is named in one line (status 2 on the command
+  line), with the exception and the line, not a traceback."""
+  path = tmp_path / "mine.py"
+  path.write_text(source)
+  with pytest.raises(configs.UsageError, match=message) as e:
+    configs.load_config_file(str(path))
+  assert "\n" not in str(e.value)
+
+
+def test_lt_needs_unlabeled_images_in_the_head_class():
+  c = configs.get_base_config()
+  c.lt.enabled = True
+  c.lt.m1 = 0  # no unlabeled image at all: the step's gather would fail
+  with pytest.raises(configs.UsageError, match="lt.n1 and lt.m1 must be > 0"):
+    configs.validate(c)

@@ -84,6 +84,8 @@ class TestConfig:
       ("labels_per_class", 6000, "exceeds the 5000 training images"),
       ("num_classes", 7, "cifar10 has 10 classes"),
       ("model", "resnet", "model must be"),
+      ("seed", 2**32, r"seed must be in \[0, 2\*\*32\)"),  # PRNGKey(2**32) == PRNGKey(0)
+      ("labeled_seed", -1, r"labeled_seed must be in \[0, 2\*\*32\)"),
   ])
   def test_bad_values_refused_before_any_data(self, tmp_path, key, value, match):
     c = tiny_config()
@@ -113,6 +115,21 @@ class TestConfig:
     change = json.loads((tmp_path / "config_changes.jsonl").read_text())
     assert change["step"] == 3 and ["method", "debiaspl", "fixmatch"] in change["changes"]
     assert json.load(open(tmp_path / "config.json"))["method"] == "fixmatch"
+
+  def test_resume_with_a_damaged_config_json_or_metrics_file(self, tmp_path, capsys):
+    """A config.json that is not JSON is named as such (not "another config" listing
+    every key); bytes that are not UTF-8 in metrics.jsonl are dropped like a torn line."""
+    run(tiny_config(), tmp_path, stop_at=2)
+    (tmp_path / "config.json").write_bytes(b"\x00\xff{garbage")
+    with open(tmp_path / "metrics.jsonl", "ab") as f:
+      f.write(b"\xff\xfe not json\n")
+    with pytest.raises(UsageError, match=r"config.json cannot be read .*"
+                                         r"--allow_config_change") as e:
+      run(tiny_config(), tmp_path)
+    assert "another config" not in str(e.value) and "\n" not in str(e.value)
+    assert run(tiny_config(), tmp_path, allow_config_change=True)["step"] == 4
+    assert json.load(open(tmp_path / "config.json"))["method"] == "debiaspl"
+    assert [(r["step"], r["kind"]) for r in records(tmp_path)][-1] == (4, "eval")
 
   def test_heavy_config_refused_on_cpu(self, tmp_path):
     c = configs.get_base_config()  # WRN-28-2 for 2^20 steps
@@ -228,6 +245,13 @@ class TestMetrics:
     tags = _tensorboard_steps(tmp_path / "tensorboard")
     assert "marginal/airplane" in tags and "eval/per_class/truck" in tags
     assert "pseudo/confusion" in tags  # as a text table
+
+  def test_per_class_accuracy_of_a_class_not_in_the_test_subset_is_null(self, tmp_path):
+    few = DATA._replace(x_test=DATA.x_test[:3], y_test=DATA.y_test[:3])
+    trainer.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path), data=few)
+    ev = [r for r in records(tmp_path) if r["kind"] == "eval"][-1]
+    present = set(np.asarray(few.y_test).tolist())
+    assert [c for c, v in enumerate(ev["eval/per_class"]) if v is not None] == sorted(present)
 
 
 def _tensorboard_steps(logdir) -> dict:
