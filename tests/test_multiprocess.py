@@ -167,6 +167,7 @@ def _checkpoint_steps(wd) -> list[int]:
   return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if d.is_dir() else []
 
 
+@pytest.mark.slow  # about 100 s: four command-line runs on real CIFAR-10
 def test_sigterm_sigkill_and_resume_of_two_processes(tmp_path, cifar_dir):
   """The command line with the smoke config in two processes:
 
