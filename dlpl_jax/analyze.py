@@ -9,8 +9,12 @@ writes ``report.md`` and PNGs into ``--out`` (default ``WORKDIR/analysis``, or
 (``metrics.jsonl``, ``config.json``, ``summary.json``, ``class_features.npz``), so it
 works on a finished or a still-running run and never imports TensorFlow. A run without
 any evaluation yet has nothing to plot: one line on stderr says so and when the first
-evaluation comes (``eval_every``), nothing is written, and the exit status is 1; a
-missing workdir exits with 2.
+evaluation comes (``eval_every``), nothing is written, and the exit status is 1. Bad
+input exits with 2, in one line and before anything is written: a missing workdir, run
+files that cannot be read or do not agree (a metrics.jsonl that is not UTF-8 text, a
+config.json that is not a JSON object, a step that is not an integer, a confusion matrix
+that is not ``[C, C]`` for the run's C classes or holds negative or non-finite counts),
+an output folder that cannot be written. Every such line starts ``[dlpl_jax] error:``.
 
 Both metric formats are read: eval records that hold the derived pseudo-label
 statistics and ``marginal`` themselves (older runs), and eval records with the
@@ -56,7 +60,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dlpl_jax import errors
 from dlpl_jax import metrics as metrics_lib
+from dlpl_jax.errors import UsageError
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck")
@@ -211,18 +217,117 @@ def _num_classes(config: dict, evals: Sequence[dict], features: dict | None) -> 
   return 0
 
 
+def _read_config(path: str) -> dict:
+  """config.json as a dict ({} when missing or unparseable, e.g. half-written).
+
+  Raises:
+    UsageError: it holds JSON other than an object, or a ``num_classes`` /
+      ``total_steps`` that is not a positive integer.
+  """
+  config = _read_json(path)
+  if config is None:
+    return {}
+  if not isinstance(config, dict):
+    raise UsageError(f"{path} holds a JSON {type(config).__name__}, not an object of "
+                     "config values")
+  for key in ("num_classes", "total_steps"):
+    v = config.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+      raise UsageError(f"{path}: {key} is {v!r}, not a positive integer")
+  return config
+
+
+def _read_records(path: str) -> list[dict]:
+  """The records of a metrics.jsonl ([] when missing; a torn last line is ignored).
+
+  Raises:
+    UsageError: the file is unreadable or not UTF-8 text, or a record's ``step`` is not
+      an integer.
+  """
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+    data.decode("utf-8")  # the trainer writes ASCII JSON: anything else is damage
+    records = metrics_lib.read_jsonl(path)
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise UsageError(f"{path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8 "
+                     "text; not a metrics.jsonl written by dlpl_jax") from None
+  except OSError as e:
+    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+  records = [r for r in records if isinstance(r, dict)]
+  for r in records:
+    step = r.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int):
+      raise UsageError(f"{path}: a record of kind {r.get('kind')!r} has step {step!r}; "
+                       "steps are integers")
+  return records
+
+
+def _class_count(config: dict, evals: Sequence[dict]) -> tuple[int, str]:
+  """The run's number of classes and where it comes from: config.json's
+  ``num_classes``, else the size of the first square confusion matrix (0: neither)."""
+  if config.get("num_classes"):
+    return config["num_classes"], "num_classes in config.json"
+  for r in evals:
+    for key in (ALL, MASKED):
+      m = _matrix(r, key)
+      if m is not None:
+        return len(m), f"the size of its first confusion matrix, at step {r['step']}"
+  return 0, "no square confusion matrix"
+
+
+def _check_confusions(path: str, evals: Sequence[dict], c: int, source: str) -> None:
+  """Every confusion matrix of ``evals`` is ``[c, c]`` of finite counts >= 0.
+
+  Raises:
+    UsageError: naming the step and key of the first that is not.
+  """
+  for r in evals:
+    for key in (ALL, MASKED):
+      if r.get(key) is None:
+        continue
+      where = f"{path}: step {r['step']}: {key}"
+      try:
+        m = np.asarray(r[key], np.float64)
+      except (TypeError, ValueError):
+        raise UsageError(f"{where} is not a matrix of numbers") from None
+      if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
+        raise UsageError(f"{where} has shape {list(m.shape)}, not [C, C]")
+      if m.shape[0] != c:
+        raise UsageError(f"{where} is {m.shape[0]}x{m.shape[0]}, but the run has {c} "
+                         f"classes ({source})")
+      bad = np.argwhere(~np.isfinite(m) | (m < 0))
+      if bad.size:
+        i, j = bad[0]
+        raise UsageError(f"{where} holds {m[i, j]:g} at [{i}, {j}]; counts are finite "
+                         "and >= 0")
+
+
 def load_run(workdir: str) -> Run:
   """Reads a (finished or running) workdir; tolerates a torn last line of metrics.jsonl
-  and missing files."""
+  and missing files.
+
+  Raises:
+    FileNotFoundError: ``workdir`` is not a folder.
+    UsageError: its files cannot be read or do not agree: a metrics.jsonl that is not
+      UTF-8 text, a step that is not an integer, a config.json that is not a JSON object,
+      a confusion matrix that is not ``[C, C]`` for the run's C classes (config.json's
+      ``num_classes``, else the first matrix's size) or holds negative or non-finite
+      counts.
+  """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"no such workdir: {workdir}" + (
         " (a file, not a run folder)" if os.path.exists(workdir) else ""))
-  config = _read_json(os.path.join(workdir, "config.json")) or {}
+  config = _read_config(os.path.join(workdir, "config.json"))
   summary = _read_json(os.path.join(workdir, "summary.json"))
+  summary = summary if isinstance(summary, dict) else None
   path = os.path.join(workdir, "metrics.jsonl")
-  records = metrics_lib.read_jsonl(path) if os.path.exists(path) else []
-  records = [r for r in records if isinstance(r, dict)]
+  records = _read_records(path)
   evals = eval_records(records)
+  _check_confusions(path, evals, *_class_count(config, evals))
   features = None
   fpath = os.path.join(workdir, "class_features.npz")
   if os.path.exists(fpath):
@@ -879,18 +984,23 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
 
   Raises:
     FileNotFoundError: a workdir does not exist.
+    UsageError: a run's files cannot be read or do not agree (:func:`load_run`), or
+      ``out_dir`` cannot be written (nothing is written).
     NothingToPlotError: a run has no evaluation yet (nothing is written).
   """
   if not 1 <= len(workdirs) <= 2:
     raise ValueError(f"give one or two workdirs, got {len(workdirs)}")
   runs = [load_run(w) for w in workdirs]
+  flag = "--out"
+  if out_dir is None:
+    out_dir = os.path.join(workdirs[0], "analysis" if len(runs) == 1 else
+                           "analysis_vs_" + runs[1].name)
+    flag = "the output folder"
+  errors.check_output(out_dir, flag, folder=True)
   for r in runs:
     why = nothing_to_plot(r)
     if why is not None:
       raise NothingToPlotError(why)
-  if out_dir is None:
-    out_dir = os.path.join(workdirs[0], "analysis" if len(runs) == 1 else
-                           "analysis_vs_" + runs[1].name)
   os.makedirs(out_dir, exist_ok=True)
   written: list[str] = []
   notes: list[str] = []
@@ -963,10 +1073,12 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m dlpl_jax.analyze", description=__doc__.split(
-      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+  p = errors.ArgumentParser(
+      prog="python -m dlpl_jax.analyze", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="exit status: 0 written; 1 nothing to plot yet (no evaluation in a run); "
-             "2 no such workdir")
+             "2 bad input (no such workdir, run files unreadable or inconsistent, an "
+             "output folder that cannot be written)")
   p.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="one run, or two to compare")
   p.add_argument("--out", default=None, help="output folder (default WORKDIR/analysis or "
                  "WORKDIR/analysis_vs_<name of WORKDIR2>)")
@@ -977,17 +1089,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.error("give one or two workdirs")
   if not 0 < args.last_frac <= 1:
     p.error("--last-frac must be in (0, 1]")
-  try:
-    paths = analyze(args.workdirs, args.out, args.last_frac)
-  except FileNotFoundError as e:
-    print(f"[dlpl_jax.analyze] {e}", file=sys.stderr)
-    return 2
-  except NothingToPlotError as e:
-    print(f"[dlpl_jax.analyze] {e}", file=sys.stderr)
-    return 1
-  for path in paths:
-    print(path)
-  return 0
+
+  def command():
+    try:
+      paths = analyze(args.workdirs, args.out, args.last_frac)
+    except FileNotFoundError as e:
+      if e.errno is not None:  # an OSError of the filesystem: run_command's
+        raise
+      raise UsageError(str(e)) from None  # no such workdir
+    except NothingToPlotError as e:
+      return errors.report(e, errors.RunError.exit_code)
+    for path in paths:
+      print(path)
+    return 0
+
+  return errors.run_command(command, paths=(*args.workdirs, args.out))
 
 
 if __name__ == "__main__":

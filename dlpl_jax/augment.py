@@ -98,7 +98,6 @@ request: ``--show --out experiments/results/augment_views.png``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
@@ -110,6 +109,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlpl_jax import errors
 from dlpl_jax.errors import UsageError
 
 # ----------------------------------------------------------------------------------
@@ -920,7 +920,8 @@ def _load_cifar_test(n: int, data_dir: str | None) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = errors.ArgumentParser(prog="python -m dlpl_jax.augment",
+                                 description=__doc__.split("\n")[0])
   parser.add_argument("--show", action="store_true",
                       help="write a PNG grid of weak/strong views of CIFAR-10 test images")
   parser.add_argument("--out", default="runs/augment_views.png",
@@ -943,18 +944,15 @@ def main(argv=None) -> None:
   if data_dir is None:
     shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
     data_dir = str(shared) if shared.is_dir() else None
-  try:
+
+  def command():
+    errors.check_output(args.out)
     images = _load_cifar_test(args.n, data_dir)
-    path = show(images, jax.random.key(args.seed), args.out)
-  except UsageError as e:
-    print(f"[dlpl_jax] error: {e}", file=sys.stderr)
-    sys.exit(UsageError.exit_code)
-  except OSError as e:  # the PNG cannot be written where --out says
-    where = f" ({e.filename})" if e.filename and str(e.filename) != args.out else ""
-    print(f"[dlpl_jax] error: cannot write {args.out}: {e.strerror or e}{where}",
-          file=sys.stderr)
-    sys.exit(UsageError.exit_code)
-  print(f"wrote {path}")
+    print(f"wrote {show(images, jax.random.key(args.seed), args.out)}")
+
+  status = errors.run_command(command, paths=(args.out,))
+  if status:
+    sys.exit(status)
 
 
 if __name__ == "__main__":

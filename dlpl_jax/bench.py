@@ -25,6 +25,10 @@ augmentation), so the host's decoding and cropping are not included. With
 ResNet-50 step (64 + 2 x 2 x 320 images at 224) is for an accelerator; on a CPU use e.g.
 ``--config.batch_size=2 --config.mu=1``.
 
+Bad arguments (no ``--config``, a bad config value, ``--steps`` < 1, ``--warmup`` < 0, a
+``--json`` path that cannot be written) are refused before anything is compiled, in one
+line starting ``[dlpl_jax] error:``, with exit status 2.
+
 On CPU (jax 0.10.2) the XLA flag
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` (Eigen instead of
 YNNPACK convolutions) made the full step about 2x faster, the kernel gradients most:
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -43,8 +48,10 @@ import numpy as np
 
 from dlpl_jax import augment
 from dlpl_jax import configs
+from dlpl_jax import errors
 from dlpl_jax import input_pipeline
 from dlpl_jax import train
+from dlpl_jax.errors import UsageError
 
 IMAGE_SIZE = 32  # CIFAR-10/100, the datasets the configs name
 
@@ -119,6 +126,25 @@ def _views_augment_time(unlabeled, k: int, steps: int) -> float:
   return _stats(_timed(lambda: views(next(keys)), steps))["median"]
 
 
+def check_args(config, steps: int, warmup: int, eval_steps: int | None = None,
+               steps_per_epoch: int | None = None, json_path: str | None = None) -> None:
+  """Checks the benchmark's arguments before anything is compiled or run.
+
+  Raises:
+    UsageError: a bad config value (:func:`dlpl_jax.configs.validate`), ``steps < 1``,
+      ``warmup < 0``, ``eval_steps`` or ``steps_per_epoch`` given and ``< 1``, or a
+      ``json_path`` that cannot be written.
+  """
+  configs.validate(config)
+  for name, v, low in (("--steps", steps, 1), ("--warmup", warmup, 0),
+                       ("eval_steps", eval_steps, 1),
+                       ("--steps_per_epoch", steps_per_epoch, 1)):
+    if v is not None and v < low:
+      raise UsageError(f"{name} must be >= {low}, got {v}")
+  if json_path:
+    errors.check_output(json_path, "--json")
+
+
 def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | None = None,
                   steps_per_epoch: int | None = None) -> dict:
   """Compiles and times the config's train step and eval step.
@@ -128,6 +154,11 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
     steps: timed train steps (after ``warmup`` untimed ones).
     warmup: untimed train steps after the first call (which is timed alone).
     eval_steps: timed eval batches (default ``min(steps, 10)``, at least 2).
+
+  Raises:
+    UsageError: a bad config (:func:`dlpl_jax.configs.validate`), ``steps < 1``,
+      ``warmup < 0``, ``eval_steps`` or ``steps_per_epoch`` given and ``< 1``, or batch
+      sizes that the devices do not divide (before anything is compiled).
 
   Returns:
     A flat dict of the setting (device, versions, model, dtype, batch sizes) and the
@@ -142,13 +173,13 @@ def run_benchmark(config, steps: int = 20, warmup: int = 5, eval_steps: int | No
     configs: their epoch by default) ``epoch_s`` and ``run_s`` (epochs x epoch_s), from
     the back-to-back rate.
   """
-  configs.validate(config)
+  check_args(config, steps, warmup, eval_steps, steps_per_epoch)
   mesh = train.make_mesh()
   b, mu = config.batch_size, config.mu
   for name, v in (("batch_size", b), ("batch_size * mu", b * mu),
                   ("eval_batch_size", config.eval_batch_size)):
     if v % mesh.size:
-      raise ValueError(f"{name} = {v} must be divisible by the {mesh.size} devices")
+      raise UsageError(f"{name} = {v} must be divisible by the {mesh.size} devices")
   model = train.build_model(config)
   cfg = train.StepConfig.from_config(config)
   views = configs.input_kind(config) == "imagenet"
@@ -265,13 +296,30 @@ def format_report(r: dict) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  r = run_benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value,
-                    steps_per_epoch=_STEPS_PER_EPOCH.value)
-  print(format_report(r), flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
-      json.dump(r, f, indent=2)
-    print(f"wrote {_JSON.value}")
+  config, json_path = _CONFIG.value, _JSON.value
+
+  def command():
+    check_args(config, _STEPS.value, _WARMUP.value, None, _STEPS_PER_EPOCH.value,
+               json_path)
+    r = run_benchmark(config, _STEPS.value, _WARMUP.value,
+                      steps_per_epoch=_STEPS_PER_EPOCH.value)
+    print(format_report(r), flush=True)
+    if json_path:
+      os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+      with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(r, f, indent=2)
+      print(f"wrote {json_path}")
+
+  return errors.run_command(command, paths=(json_path,))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with errors (a missing --config included) as one line and
+  exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(errors.report(str(e).splitlines()[0], UsageError.exit_code))
 
 
 if __name__ == "__main__":
@@ -288,11 +336,10 @@ if __name__ == "__main__":
       "configs: their epoch by default).")
   _JSON = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
   flags.mark_flags_as_required(["config"])
-  import sys  # pylint: disable=g-import-not-at-top
   from dlpl_jax import host  # pylint: disable=g-import-not-at-top
   host.configure()  # the XLA:CPU flag, as for training (before the backend starts)
   try:
     configs.check_overrides(sys.argv[1:])
-  except configs.UsageError as e:
-    sys.exit(f"[dlpl_jax] error: {e}")
-  app.run(main)
+  except UsageError as e:
+    sys.exit(errors.report(e, e.exit_code))
+  app.run(main, flags_parser=_parse_flags)

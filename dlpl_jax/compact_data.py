@@ -5,7 +5,9 @@ TFDS CIFAR-10 once (TensorFlow is needed for that step only) and writes one ``.n
 file that :func:`read` turns back into the very same uint8 arrays and labels, with
 NumPy and the standard library (``lzma``, ``hashlib``, ``json``): no TensorFlow, TFDS
 or Pillow. ``--config.data_dir=data/cifar10_compact.npz`` makes the trainer read it
-(:func:`dlpl_jax.input_pipeline.load`), for hosts without TensorFlow.
+(:func:`dlpl_jax.input_pipeline.load`), for hosts without TensorFlow. The command checks
+its arguments and ``--out`` before it reads anything; an error is one line starting
+``[dlpl_jax] error:`` (exit status 2 for bad input).
 
 How it is small and exact. The copy of CIFAR-10 this project uses went through JPEG
 (quality 75, 4:2:0; docs/DATA.md), so its pixels are close to a JPEG decode of a few
@@ -35,7 +37,7 @@ luma and chroma quantization tables) and per split ``{split}_labels`` (int32 ``[
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import json
 import lzma
@@ -45,6 +47,7 @@ import time
 
 import numpy as np
 
+from dlpl_jax import errors
 from dlpl_jax.errors import UsageError
 
 FORMAT = "dlpl_jax.compact_data/1"
@@ -291,8 +294,13 @@ def write(path: str, splits: dict, dataset: str, quality: int = 75,
   arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)  # a failed write or rename leaves no partial file behind
+    raise
   return meta
 
 
@@ -310,13 +318,24 @@ def read_meta(path: str) -> dict:
         f"compact dataset {path!r} does not exist; make it with `python -m "
         f"dlpl_jax.compact_data --out {path}` where the prepared TFDS copy is")
   try:
-    with np.load(path, allow_pickle=False) as z:
+    z = np.load(path, allow_pickle=False)
+  except Exception as e:  # pylint: disable=broad-except  (OSError, zip, pickle, EOF)
+    raise _damaged(path, errors.npz_reason(e)) from None
+  if not isinstance(z, np.lib.npyio.NpzFile):
+    raise _damaged(path, "is not a compact dataset (a single .npy array, not an .npz "
+                   "archive)")
+  try:
+    with z:
       meta = json.loads(z["meta"].tobytes().decode())
   except Exception as e:  # pylint: disable=broad-except  (zip, KeyError, JSON, OSError)
     raise _damaged(path, f"is unreadable or not a compact dataset ({type(e).__name__}: "
                    f"{' '.join(str(e).split())[:120]})") from None
+  if not isinstance(meta, dict):
+    raise _damaged(path, "is not a compact dataset (its meta is not a JSON object)")
   if meta.get("format") != FORMAT:
     raise _damaged(path, f"has format {meta.get('format')!r}, this code reads {FORMAT!r}")
+  if not isinstance(meta.get("splits"), dict):
+    raise _damaged(path, "is not a compact dataset (its meta lists no splits)")
   return meta
 
 
@@ -366,8 +385,44 @@ def psnr(a: np.ndarray, b: np.ndarray) -> dict:
   return {"all": float(total), "mean": float(db.mean()), "worst": float(db.min())}
 
 
+def split_specs(text: str) -> list[tuple[str, str]]:
+  """``(name, TFDS split spec)`` of each comma-separated part of ``--splits``.
+
+  >>> split_specs("train[:1000], test")
+  [('train', 'train[:1000]'), ('test', 'test')]
+
+  Raises:
+    UsageError: an empty part, or a split named twice.
+  """
+  specs = [part.strip() for part in text.split(",")]
+  if any(not spec or not spec.split("[")[0].strip() for spec in specs):
+    raise UsageError(f"--splits must be comma-separated TFDS splits such as "
+                     f"'train,test' or 'train[:1000],test', got {text!r}")
+  names = [spec.split("[")[0].strip() for spec in specs]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise UsageError(f"--splits names {twice[0]!r} twice: {text!r}")
+  return list(zip(names, specs))
+
+
+def _load_split(dataset: str, spec: str, data_dir: str | None):
+  """``data.load_split`` with its refusals as one-line :class:`UsageError`: a dataset
+  that is not prepared, an unknown split, TensorFlow absent."""
+  from dlpl_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  try:
+    return data_lib.load_split(dataset, spec, data_dir)
+  except UsageError:
+    raise
+  except FileNotFoundError as e:  # the dataset is not prepared there
+    raise UsageError(str(e)) from None
+  except ValueError as e:  # TFDS: an unknown split or a bad slice
+    raise UsageError(f"--splits {spec!r}: {str(e).splitlines()[0]}") from None
+  except ImportError as e:
+    raise UsageError(str(e).splitlines()[0]) from None
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(
+  p = errors.ArgumentParser(
       prog="python -m dlpl_jax.compact_data",
       description="Write a compact, lossless, TensorFlow-free copy of a prepared TFDS "
                   "image dataset (train and test splits) and check it.")
@@ -382,35 +437,37 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if not is_compact(args.out):
     p.error(f"--out must end in {SUFFIX}, got {args.out!r}")
-  from dlpl_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  return errors.run_command(lambda: _command(args), paths=(args.out, args.data_dir))
+
+
+def _command(args) -> None:
+  """The command's work, every argument checked before the (slow) reading and coding."""
+  quant_tables(args.quality)
+  specs = split_specs(args.splits)
+  errors.check_output(args.out, "--out")
   from dlpl_jax import host  # pylint: disable=import-outside-toplevel
   host.configure()
-  try:
-    splits = {}
-    for spec in args.splits.split(","):
-      t = time.time()
-      splits[spec.split("[")[0]] = data_lib.load_split(args.dataset, spec, args.data_dir)
-      print(f"read {spec}: {splits[spec.split('[')[0]][0].shape} in {time.time() - t:.1f}s",
-            flush=True)
+  splits = {}
+  for name, spec in specs:
     t = time.time()
-    meta = write(args.out, splits, args.dataset, args.quality,
-                 log=lambda msg: print(msg, flush=True))
-    print(f"wrote {args.out}: {os.path.getsize(args.out):,} bytes "
-          f"({os.path.getsize(args.out) / 2**20:.2f} MiB) in {time.time() - t:.0f}s; "
-          + "; ".join(f"{k}: coef {v['bytes']['coef']:,} + residual "
-                      f"{v['bytes']['residual']:,} bytes" for k, v in meta["splits"].items()))
-    t = time.time()
-    back = read(args.out, tuple(splits))
-    for k, (images, labels) in splits.items():
-      same = np.array_equal(back[k][0], images) and np.array_equal(back[k][1], labels)
-      if not same:
-        raise CompactDataError(f"{args.out}: split {k!r} read back differs")
-    print(f"read back with numpy alone in {time.time() - t:.1f}s: every split identical "
-          "to the TFDS copy (pixels and labels)")
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+    splits[name] = _load_split(args.dataset, spec, args.data_dir)
+    print(f"read {spec}: {splits[name][0].shape} in {time.time() - t:.1f}s", flush=True)
+  t = time.time()
+  meta = write(args.out, splits, args.dataset, args.quality,
+               log=lambda msg: print(msg, flush=True))
+  print(f"wrote {args.out}: {os.path.getsize(args.out):,} bytes "
+        f"({os.path.getsize(args.out) / 2**20:.2f} MiB) in {time.time() - t:.0f}s; "
+        + "; ".join(f"{k}: coef {v['bytes']['coef']:,} + residual "
+                    f"{v['bytes']['residual']:,} bytes"
+                    for k, v in meta["splits"].items()))
+  t = time.time()
+  back = read(args.out, tuple(splits))
+  for k, (images, labels) in splits.items():
+    same = np.array_equal(back[k][0], images) and np.array_equal(back[k][1], labels)
+    if not same:
+      raise errors.RunError(f"{args.out}: split {k!r} read back differs")
+  print(f"read back with numpy alone in {time.time() - t:.1f}s: every split identical "
+        "to the TFDS copy (pixels and labels)")
 
 
 if __name__ == "__main__":

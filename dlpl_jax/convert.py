@@ -61,20 +61,23 @@ initialisation (as the official DebiasPL code does, which loads the MoCo encoder
 without its ``fc``).
 
 Every key under the prefix is converted, ignored with a note, or refused: an
-unknown key, a missing key, a wrong shape or a non-finite value stops the
-conversion with one :class:`ConversionError` naming the key.
+unknown key, a missing key, a wrong shape, a non-finite value (or one beyond float32's
+range) or a negative BatchNorm running variance stops the conversion with one
+:class:`ConversionError` naming the key. The command checks ``--out`` before it reads
+the checkpoint, and writes it through a temporary file that never stays behind.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
+import contextlib
 import os
 import sys
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from dlpl_jax import errors
 from dlpl_jax.errors import UsageError
 
 STAGE_SIZES = (3, 4, 6, 3)
@@ -201,9 +204,17 @@ def _array(key: str, value, shape: tuple[int, ...]) -> np.ndarray:
         "torchvision ResNet-50")
   if not np.issubdtype(a.dtype, np.floating):
     raise ConversionError(f"{key}: dtype {a.dtype}, a floating point array expected")
-  a = a.astype(np.float32)
   if not np.all(np.isfinite(a)):
     raise ConversionError(f"{key}: holds non-finite values (NaN or inf)")
+  with np.errstate(over="ignore"):
+    a = a.astype(np.float32)
+  if not np.all(np.isfinite(a)):
+    raise ConversionError(f"{key}: holds values beyond float32's range (|x| > "
+                          f"{np.finfo(np.float32).max:.3g})")
+  if key.endswith(".running_var") and (a < 0).any():
+    i = int(np.argmax(a < 0))
+    raise ConversionError(f"{key}: a negative running variance ({a[i]:g} at index {i}; "
+                          f"{int((a < 0).sum())} such); not a trained BatchNorm")
   return a
 
 
@@ -235,7 +246,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], prefix: str | None = None,
 
   Raises:
     ConversionError: a missing or unknown key, a wrong shape or dtype, a
-      non-finite value (the message names the key).
+      non-finite value or one beyond float32's range, a negative running variance
+      (the message names the key).
   """
   backbone, prefix, outside = strip_prefix(state_dict, prefix)
   variables: dict = {"params": {}, "batch_stats": {}}
@@ -327,14 +339,21 @@ def drop_classifier(variables: Mapping[str, Any]) -> dict:
 
 
 def save_variables(variables: Mapping[str, Any], path: str) -> None:
-  """Writes ``variables`` as ``flax.serialization.msgpack_serialize`` bytes."""
+  """Writes ``variables`` as ``flax.serialization.msgpack_serialize`` bytes, through
+  ``path.tmp`` renamed when complete (removed if the write or the rename fails)."""
   from flax import serialization  # pylint: disable=import-outside-toplevel
   data = serialization.msgpack_serialize(
       {k: dict(v) for k, v in variables.items()})
   tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  f = open(tmp, "wb")  # pylint: disable=consider-using-with
+  try:
+    with f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)  # a failed write or rename leaves no partial file behind
+    raise
 
 
 def load_variables(path: str) -> dict:
@@ -465,10 +484,9 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
     raise ConversionError(f"no checkpoint at {path}")
   if path.endswith(".npz"):
     try:
-      with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-    except Exception as e:  # pylint: disable=broad-except
-      raise ConversionError(f"cannot read {path} as .npz: {e}") from None
+      return errors.read_npz(path)
+    except UsageError as e:
+      raise ConversionError(str(e)) from None
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -497,7 +515,7 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = errors.ArgumentParser(
       prog="python -m dlpl_jax.convert",
       description="Convert a torchvision-layout ResNet-50 checkpoint (MoCo, "
       "MoCo-EMAN, torchvision) into Flax variables for dlpl_jax's resnet50.")
@@ -512,20 +530,21 @@ def main(argv=None) -> int:
   parser.add_argument("--trust_pickle", action="store_true",
                       help="load the .pth with full pickle (weights_only=False)")
   args = parser.parse_args(argv)
-  try:
+
+  def command():
+    errors.check_output(args.out, "--out")  # before reading a large checkpoint
     state_dict = read_checkpoint(args.pth, args.trust_pickle)
     conv = convert_state_dict(state_dict, args.prefix, args.drop_fc)
     from dlpl_jax import models  # pylint: disable=import-outside-toplevel
     n = models.param_count(conv.variables["params"])
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_variables(conv.variables, args.out)
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
-  print(f"converted {args.pth} (prefix {conv.prefix!r}): {n:,} parameters -> "
-        f"{args.out}")
-  for note in conv.notes:
-    print(f"  {note}")
-  return 0
+    print(f"converted {args.pth} (prefix {conv.prefix!r}): {n:,} parameters -> "
+          f"{args.out}")
+    for note in conv.notes:
+      print(f"  {note}")
+
+  return errors.run_command(command, paths=(args.pth, args.out))
 
 
 if __name__ == "__main__":

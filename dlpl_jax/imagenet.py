@@ -49,6 +49,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dlpl_jax import data as data_lib
+from dlpl_jax import errors
 from dlpl_jax.errors import UsageError
 
 SPLITS = ("1pct", "0p2pct", "clip")
@@ -162,8 +163,14 @@ def train_file_names(config) -> dict[str, np.ndarray]:
   o = options(config)
   path = o.index_cache
   if path and os.path.isfile(path):
-    with np.load(path, allow_pickle=False) as f:
-      return {"file_name": f["file_name"], "label": f["label"]}
+    try:
+      cached = errors.read_npz(path)
+    except UsageError as e:
+      raise UsageError(f"imagenet.index_cache: {e}; delete it to rebuild it") from None
+    if set(cached) != {"file_name", "label"}:
+      raise UsageError(f"imagenet.index_cache {path} holds {sorted(cached)}, not this "
+                       "index (file_name, label); delete it to rebuild it")
+    return cached
   meta = _read_meta(o.train_name, "train", config.data_dir or None)
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -35,6 +35,7 @@ import optax
 
 from dlpl_jax import augment
 from dlpl_jax import configs
+from dlpl_jax import errors
 from dlpl_jax import loss as loss_lib
 from dlpl_jax import models
 from dlpl_jax import multiview
@@ -216,10 +217,9 @@ def load_variables_file(path: str) -> dict:
   if not path.endswith(".npz"):
     return convert.load_variables(path)
   try:
-    with np.load(path, allow_pickle=False) as f:
-      flat = {k: np.asarray(f[k]) for k in f.files}
-  except (OSError, ValueError) as e:
-    raise UsageError(f"init_checkpoint {path!r} cannot be read: {e}") from None
+    flat = errors.read_npz(path)
+  except UsageError as e:
+    raise UsageError(f"init_checkpoint: {e}") from None
   other = sorted(k for k in flat if k.split("/")[0] not in ("params", "batch_stats"))
   if other:
     raise UsageError(f"init_checkpoint {path!r}: keys such as {other[0]!r} are not Flax "

@@ -36,13 +36,16 @@ logit-adjusted with :func:`dlpl_jax.pseudo_label.debias`:
 
 prints top-1 before and after (when ``labels`` are given), the per-class predicted
 share before and after (max/min ratio, classes never predicted, KL to uniform and,
-with labels, to the true label share), and writes to ``--out``: ``summary.json``,
+with labels, to the true label share), and writes to ``--out``: ``summary.json``
+(strict JSON: an undefined value, e.g. the KL to a true share of 0, is null),
 ``zeroshot_bias.png`` (per-class precision and recall against the predicted share,
 before and after, the paper's figure; the sorted shares without labels), and the
 confidence split in the official CSV form (``pseudo_labeled.csv``,
 ``unlabeled.csv``, from the debiased predictions at the first ``τ``). ``τ = 0.4``
 is the default, the value of every released DebiasPL script (the zero-shot one
 included); this project has no measured zero-shot figure that would pick another.
+Every argument is checked before anything is read or written; an error is one line
+starting ``[dlpl_jax] error:``, with exit status 2 for bad input.
 
 References:
   Wang et al., DebiasPL, CVPR 2022, https://arxiv.org/abs/2201.01490 (Sec. 4.3,
@@ -54,7 +57,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -64,6 +66,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dlpl_jax import errors
 from dlpl_jax.errors import UsageError
 
 CSV_COLUMNS = ("Index", "PseudoLabel", "Probs")
@@ -91,21 +94,69 @@ class ZeroShot(NamedTuple):
   image_ids: np.ndarray | None = None
 
 
-def _int_column(path, name, values) -> np.ndarray:
+def _integer(text: str) -> int | None:
+  """``text`` as an integer ("12", "12.0", "1e3"), or None when it is not one."""
+  try:
+    return int(text)
+  except ValueError:
+    pass
+  try:
+    f = float(text)
+  except ValueError:
+    return None
+  return int(f) if math.isfinite(f) and f == int(f) else None
+
+
+def _int_column(path, name, values, lines) -> np.ndarray:
   out = np.empty(len(values), np.int64)
-  for i, v in enumerate(values):
-    try:
-      f = float(v)
-    except ValueError:
-      f = math.nan
-    if not math.isfinite(f) or f != int(f):
-      raise UsageError(f"{path}: row {i + 2}, column {name}: {v!r} is not an integer")
-    out[i] = int(f)
+  for i, (v, line) in enumerate(zip(values, lines)):
+    n = _integer(v)
+    if n is None:
+      raise UsageError(f"{path}, line {line}, column {name}: {v!r} is not an integer")
+    if not -2 ** 63 <= n < 2 ** 63:
+      raise UsageError(f"{path}, line {line}, column {name}: {v!r} is beyond the int64 "
+                       "range")
+    out[i] = n
   return out
+
+
+def _float_column(path, name, values, lines) -> np.ndarray:
+  out = np.empty(len(values), np.float64)
+  for i, (v, line) in enumerate(zip(values, lines)):
+    try:
+      out[i] = float(v)
+    except ValueError:
+      raise UsageError(f"{path}, line {line}, column {name}: {v!r} is not a "
+                       "number") from None
+  return out
+
+
+def _csv_rows(path: str) -> list[tuple[int, list[str]]]:
+  """``(line, cells)`` of each row of a CSV file, ``line`` the row's first line in the
+  file (the header is line 1); UTF-8, with or without a byte-order mark."""
+  rows, line = [], 1
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.reader(f)
+      try:
+        for r in reader:
+          rows.append((line, r))
+          line = reader.line_num + 1
+      except csv.Error as e:
+        raise UsageError(f"{path}, line {reader.line_num}: {e}") from None
+  except OSError as e:
+    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:
+    raise UsageError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} near "
+                     f"line {line}); save the CSV as UTF-8") from None
+  return rows
 
 
 def read_csv(path: str, num_classes: int | None = None) -> ZeroShot:
   """Reads the official DebiasPL CSV (``Index``, ``PseudoLabel``, ``Probs``).
+
+  The file is UTF-8 (a byte-order mark is allowed). Errors name the line of the file
+  (the header is line 1).
 
   Args:
     path: the CSV file (a header row, then one row per image).
@@ -115,55 +166,54 @@ def read_csv(path: str, num_classes: int | None = None) -> ZeroShot:
     A :class:`ZeroShot` without logits or labels.
 
   Raises:
-    UsageError: the file is missing or empty, a column is missing, an ``Index`` or
-      ``PseudoLabel`` is not a non-negative integer (or out of range), an index
-      repeats, a ``Probs`` is not a finite number in [0, 1].
+    UsageError: the file is missing, empty or not UTF-8 text, a column is missing, an
+      ``Index`` or ``PseudoLabel`` is not a non-negative integer in the int64 range (or
+      out of range), an index repeats, a ``Probs`` is not a finite number in [0, 1].
   """
-  try:
-    with open(path, newline="") as f:
-      rows = list(csv.reader(f))
-  except OSError as e:
-    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+  rows = _csv_rows(path)
   if not rows:
     raise UsageError(f"{path} is empty; expected a header {','.join(CSV_COLUMNS)}")
-  header = [h.strip() for h in rows[0]]
+  header = [h.strip() for h in rows[0][1]]
   missing = [c for c in CSV_COLUMNS if c not in header]
   if missing:
     raise UsageError(f"{path}: no column {missing[0]!r}; expected columns "
                      f"{', '.join(CSV_COLUMNS)}, found {', '.join(header) or 'none'}")
-  body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
+  body = [(n, r) for n, r in rows[1:] if any(cell.strip() for cell in r)]
   if not body:
     raise UsageError(f"{path} has a header but no rows")
-  for i, r in enumerate(body):
+  for n, r in body:
     if len(r) != len(header):
-      raise UsageError(f"{path}: row {i + 2} has {len(r)} fields, the header "
+      raise UsageError(f"{path}, line {n}: {len(r)} fields, the header (line 1) "
                        f"{len(header)}")
-  col = {c: [r[header.index(c)].strip() for r in body] for c in CSV_COLUMNS}
-  index = _int_column(path, "Index", col["Index"])
-  labels = _int_column(path, "PseudoLabel", col["PseudoLabel"])
-  try:
-    probs = np.array([float(v) for v in col["Probs"]], np.float64)
-  except ValueError as e:
-    raise UsageError(f"{path}: column Probs: {e}") from None
-  _check_values(path, index, labels, probs, num_classes, "PseudoLabel", "Probs")
+  lines = np.array([n for n, _ in body], np.int64)
+  col = {c: [r[header.index(c)].strip() for _, r in body] for c in CSV_COLUMNS}
+  index = _int_column(path, "Index", col["Index"], lines)
+  labels = _int_column(path, "PseudoLabel", col["PseudoLabel"], lines)
+  probs = _float_column(path, "Probs", col["Probs"], lines)
+  _check_values(path, lines, index, labels, probs, num_classes)
   return ZeroShot(index, labels.astype(np.int32), probs.astype(np.float32))
 
 
-def _check_values(path, index, labels, probs, num_classes, label_name, prob_name):
-  if index.min() < 0:
-    raise UsageError(f"{path}: Index {index.min()} is negative")
+def _check_values(path, lines, index, labels, probs, num_classes):
+  """Index non-negative and unique, labels in range, probabilities in [0, 1]; errors
+  name the file's line (``lines[i]`` of row i)."""
+  bad = np.flatnonzero(index < 0)
+  if bad.size:
+    raise UsageError(f"{path}, line {lines[bad[0]]}: Index {index[bad[0]]} is negative")
   uniq, counts = np.unique(index, return_counts=True)
   if uniq.size != index.size:
-    raise UsageError(f"{path}: Index {uniq[counts > 1][0]} appears "
-                     f"{counts.max()} times")
-  hi = num_classes if num_classes is not None else math.inf
+    dup, times = uniq[counts > 1][0], counts[counts > 1][0]
+    where = lines[np.flatnonzero(index == dup)[:2]]
+    raise UsageError(f"{path}: Index {dup} appears {times} times (lines {where[0]} and "
+                     f"{where[1]})")
+  hi = num_classes if num_classes is not None else 2 ** 31  # stored as int32
   bad = np.flatnonzero((labels < 0) | (labels >= hi))
   if bad.size:
-    raise UsageError(f"{path}: {label_name} {labels[bad[0]]} (row {bad[0]}) is outside "
-                     f"[0, {num_classes})")
+    raise UsageError(f"{path}, line {lines[bad[0]]}: PseudoLabel {labels[bad[0]]} is "
+                     f"outside [0, {hi})")
   bad = np.flatnonzero(~np.isfinite(probs) | (probs < 0) | (probs > 1))
   if bad.size:
-    raise UsageError(f"{path}: {prob_name} {probs[bad[0]]} (row {bad[0]}) is not a "
+    raise UsageError(f"{path}, line {lines[bad[0]]}: Probs {probs[bad[0]]} is not a "
                      "probability in [0, 1]")
 
 
@@ -175,15 +225,12 @@ def read_npz(path: str) -> ZeroShot:
   before any debiasing).
 
   Raises:
-    UsageError: the file is missing or unreadable, ``logits`` is absent, not a
-      floating ``[N >= 1, C >= 2]`` array or not finite, ``labels`` or ``image_ids``
-      have another length, ``labels`` are not integers in ``[0, C)``.
+    UsageError: the file is missing, unreadable or not an .npz of arrays, ``logits``
+      is absent, not a floating ``[N >= 1, C >= 2]`` array, not finite or beyond
+      float32's range (they are used in float32), ``labels`` or ``image_ids`` have
+      another length, ``labels`` are not integers in ``[0, C)``.
   """
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
-  except (OSError, ValueError) as e:
-    raise UsageError(f"cannot read {path} as .npz: {e}") from None
+  arrays = errors.read_npz(path)
   if "logits" not in arrays:
     raise UsageError(f"{path}: no 'logits' array (found {', '.join(arrays) or 'none'})")
   logits = arrays["logits"]
@@ -210,7 +257,13 @@ def read_npz(path: str) -> ZeroShot:
   ids = arrays.get("image_ids")
   if ids is not None and ids.shape != (n,):
     raise UsageError(f"{path}: image_ids must have shape ({n},), got {ids.shape}")
-  logits = logits.astype(np.float32)
+  with np.errstate(over="ignore"):
+    logits = logits.astype(np.float32)
+  finite = np.isfinite(logits).all(axis=1)
+  if not finite.all():
+    raise UsageError(f"{path}: logits of row {np.flatnonzero(~finite)[0]} hold values "
+                     f"beyond float32's range (|x| > {np.finfo(np.float32).max:.3g}; "
+                     f"{int((~finite).sum())} such rows); they are used in float32")
   pred, conf = _predict(logits)
   return ZeroShot(np.arange(n, dtype=np.int64), pred, conf, logits, labels, ids)
 
@@ -305,6 +358,18 @@ class Split(NamedTuple):
   unlabeled: np.ndarray
 
 
+def check_split(threshold: float | None, top_k_per_class: int | None) -> None:
+  """Raises UsageError unless ``threshold`` is None or in [0, 1] and
+  ``top_k_per_class`` is None or an integer >= 1 (the rules of
+  :func:`split_by_confidence`)."""
+  if threshold is not None and not 0.0 <= threshold <= 1.0:
+    raise UsageError(f"split threshold must lie in [0, 1], got {threshold}")
+  if top_k_per_class is not None and (
+      isinstance(top_k_per_class, bool) or
+      not isinstance(top_k_per_class, (int, np.integer)) or top_k_per_class < 1):
+    raise UsageError(f"top_k_per_class must be an integer >= 1, got {top_k_per_class}")
+
+
 def split_by_confidence(pseudo_labels: np.ndarray, confidence: np.ndarray,
                         threshold: float | None = DEFAULT_SPLIT_THRESHOLD,
                         top_k_per_class: int | None = None) -> Split:
@@ -339,14 +404,11 @@ def split_by_confidence(pseudo_labels: np.ndarray, confidence: np.ndarray,
                      f"{confidence.shape} must both be [N]")
   if threshold is None and top_k_per_class is None:
     raise UsageError("give a threshold, a top_k_per_class, or both")
+  check_split(threshold, top_k_per_class)
   keep = np.ones(len(confidence), bool)
   if threshold is not None:
-    if not 0.0 <= threshold <= 1.0:
-      raise UsageError(f"split threshold must lie in [0, 1], got {threshold}")
     keep &= confidence >= threshold
   if top_k_per_class is not None:
-    if top_k_per_class < 1:
-      raise UsageError(f"top_k_per_class must be >= 1, got {top_k_per_class}")
     # Most confident first, then by position: stable sort of -confidence per class.
     order = np.lexsort((np.arange(len(confidence)), -confidence, pseudo_labels))
     sorted_labels = pseudo_labels[order]
@@ -405,6 +467,21 @@ def share_stats(pred: np.ndarray, num_classes: int,
     out["precision"] = [float(t / c) if c else None for t, c in zip(tp, count)]
     out["recall"] = [float(t / c) if c else None for t, c in zip(tp, true_count)]
   return out
+
+
+def strict_json(v):
+  """``v`` (dicts, lists, numbers) with every NaN or infinity as None (JSON null).
+
+  >>> strict_json({"kl": float("inf"), "share": [0.5, float("nan")]})
+  {'kl': None, 'share': [0.5, None]}
+  """
+  if isinstance(v, dict):
+    return {k: strict_json(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [strict_json(x) for x in v]
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  return v
 
 
 def _plot(path, before, after, tau, num_classes):
@@ -471,9 +548,23 @@ def run(logits_path: str, taus=(DEFAULT_TAU,), out: str | None = None,
         top_k_per_class: int | None = None, log=print) -> dict:
   """The command's work: read, debias at each tau, report, write ``out``.
 
+  Every argument is checked before anything is read or computed, and ``out`` is created
+  only then.
+
   Returns:
-    The summary dict (also ``out/summary.json`` when ``out`` is given).
+    The summary dict (also ``out/summary.json`` when ``out`` is given: strict JSON, an
+    undefined value such as the KL to a true share of 0 written as null).
+
+  Raises:
+    UsageError: a bad ``tau``, split rule or input file, or an ``out`` that cannot be
+      written.
   """
+  taus = list(taus)
+  if not taus or any(not (math.isfinite(t) and t >= 0) for t in taus):
+    raise UsageError(f"tau values must be finite and >= 0, got {taus}")
+  check_split(split_threshold, top_k_per_class)
+  if out:
+    errors.check_output(out, "--out", folder=True)
   zs = read_npz(logits_path)
   n, c = zs.logits.shape
   log(f"read {logits_path}: {n:,} images, {c} classes"
@@ -514,14 +605,14 @@ def run(logits_path: str, taus=(DEFAULT_TAU,), out: str | None = None,
           f"{split.unlabeled.size:,} unlabeled -> {out}/pseudo_labeled.csv, "
           "unlabeled.csv")
     _plot(os.path.join(out, "zeroshot_bias.png"), before, after, tau, c)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1)
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(strict_json(summary), f, indent=1, allow_nan=False)
     log(f"wrote {out}/summary.json and {out}/zeroshot_bias.png")
   return summary
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = errors.ArgumentParser(
       prog="python -m dlpl_jax.zeroshot",
       description="Debias zero-shot (CLIP) predictions with the class marginal of "
       "the set itself, without training, and report the bias before and after.")
@@ -539,13 +630,12 @@ def main(argv=None) -> int:
   parser.add_argument("--top_k_per_class", type=int, default=None,
                       help="pseudo-label only the k most confident images per class")
   args = parser.parse_args(argv)
-  try:
+
+  def command():
     threshold = None if args.split_threshold < 0 else args.split_threshold
     run(args.logits, _taus(args.tau), args.out, threshold, args.top_k_per_class)
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
-  return 0
+
+  return errors.run_command(command, paths=(args.logits, args.out))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ no class features), a run with nothing to plot yet, and the figures' axes and le
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -214,7 +215,7 @@ def test_running_job_leftovers_do_not_crash(tmp_path):
 def _stderr_line(capsys) -> str:
   captured = capsys.readouterr()
   lines = captured.err.strip().splitlines()
-  assert len(lines) == 1, captured.err
+  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
   return lines[0]
 
 
@@ -418,3 +419,82 @@ def test_long_tailed_unlabeled_data_are_judged_against_their_true_shares():
   analyze.plot_proportions(evals, ax)
   assert "true share\n(unlabeled set)" in [t.get_text() for t in ax.get_legend().get_texts()]
   plt.close(fig)
+
+
+def _edit_metrics(wd, edit):
+  """Rewrites metrics.jsonl with ``edit(record)`` applied to every eval record."""
+  path = os.path.join(wd, "metrics.jsonl")
+  records = [json.loads(line) for line in open(path, encoding="utf-8")]
+  with open(path, "w", encoding="utf-8") as f:
+    for r in records:
+      if r.get("kind") == "eval":
+        edit(r)
+      f.write(json.dumps(r) + "\n")
+
+
+def _binary(wd):
+  with open(os.path.join(wd, "metrics.jsonl"), "wb") as f:
+    f.write(bytes(range(128, 256)) * 4)
+
+
+def _config(wd, text):
+  with open(os.path.join(wd, "config.json"), "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def _no_num_classes(wd):
+  _config(wd, json.dumps({"method": "fixmatch", "dataset": "cifar10"}))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (_binary, r"metrics.jsonl, line 1: byte 0x80 is not UTF-8 text"),
+    (lambda wd: _config(wd, "[1, 2, 3]"),
+     r"config.json holds a JSON list, not an object"),
+    (lambda wd: _config(wd, json.dumps({"num_classes": "ten"})),
+     r"num_classes is 'ten', not a positive integer"),
+    (lambda wd: _edit_metrics(wd, lambda r: r.update({"step": str(r["step"])})),
+     r"a record of kind 'eval' has step '100'; steps are integers"),
+    (lambda wd: _edit_metrics(
+        wd, lambda r: r.update({"pseudo/confusion": [[1, 2], [3, 4]]})),
+     r"step 100: pseudo/confusion is 2x2, but the run has 10 classes \(num_classes in "
+     r"config.json\)"),
+    (lambda wd: (_no_num_classes(wd), _edit_metrics(wd, lambda r: r.update(
+        {"pseudo_masked/confusion": [[1, 2], [3, 4]]}))),
+     r"pseudo_masked/confusion is 2x2, but the run has 10 classes \(the size of its "
+     r"first confusion matrix, at step 100\)"),
+    (lambda wd: _edit_metrics(wd, lambda r: r.update({"pseudo/confusion": [[1, 2, 3]]})),
+     r"pseudo/confusion has shape \[1, 3\], not \[C, C\]"),
+    (lambda wd: _edit_metrics(wd, lambda r: r["pseudo/confusion"][2].__setitem__(3, -5)),
+     r"step 100: pseudo/confusion holds -5 at \[2, 3\]; counts are finite and >= 0"),
+])
+def test_bad_run_files_are_one_line(tmp_path, capsys, damage, match):
+  """Run files that cannot be read or do not agree: one line, status 2, nothing written
+  (not a traceback, and not a report with a "-5000000000000000.0%" share)."""
+  wd = write_workdir(tmp_path / "run", cifar_records(), features=False)
+  damage(wd)
+  out = tmp_path / "out"
+  assert analyze.main([wd, "--out", str(out)]) == 2
+  assert re.search(match, _stderr_line(capsys))
+  assert not out.exists()
+
+
+def test_unusable_out_is_one_line(tmp_path, capsys):
+  wd = write_workdir(tmp_path / "run", cifar_records(), features=False)
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  assert analyze.main([wd, "--out", str(afile)]) == 2
+  assert f"--out {afile} is a file, not a folder" in _stderr_line(capsys)
+  assert analyze.main([wd, "--out", str(afile / "sub")]) == 2
+  assert f"{afile} is a file, not a folder" in _stderr_line(capsys)
+  if os.geteuid() != 0:  # root writes into a read-only folder all the same
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    assert analyze.main([wd, "--out", str(ro / "out")]) == 2
+    assert "cannot write in" in _stderr_line(capsys)
+  # The default folder, inside a workdir where it cannot be made.
+  (tmp_path / "run" / "analysis").write_text("x")
+  assert analyze.main([wd]) == 2
+  assert "the output folder" in _stderr_line(capsys)
+  with pytest.raises(SystemExit) as e:  # argparse's errors: one line, status 2 too
+    analyze.main([wd, "--last-frac", "2"])
+  assert e.value.code == 2 and "--last-frac must be in (0, 1]" in _stderr_line(capsys)

@@ -2,15 +2,18 @@
 float32 for a few steps (params stay float32). No timing assertions."""
 
 import math
+import os
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dlpl_jax import bench
 from dlpl_jax import train
+from dlpl_jax.errors import UsageError
 from tests import helpers
 
 
@@ -86,3 +89,49 @@ def test_trainer_throughput_script_reports_window_rates(tmp_path):
   assert "trainer steps/s per window of 32 steps:" in out.stdout
   rates = out.stdout.split("steps:")[1].split("\n")[0].split()
   assert len(rates) == 2 and all(float(r) > 0 for r in rates)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "--steps must be >= 1, got 0"),
+    ({"warmup": -1}, "--warmup must be >= 0, got -1"),
+    ({"steps_per_epoch": 0}, "--steps_per_epoch must be >= 1, got 0"),
+    ({"config": tiny_config(threshold=1.5)}, "threshold must be a finite number"),
+])
+def test_bad_arguments_are_refused_before_compiling(kwargs, match):
+  args = {"config": tiny_config(), "steps": 2, "warmup": 1, **kwargs}
+  with pytest.raises(UsageError, match=match):
+    bench.check_args(**args)
+  with pytest.raises(UsageError, match=match):  # the library call checks them too
+    bench.run_benchmark(**args)
+
+
+def test_unwritable_json_is_refused_before_running(tmp_path):
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(UsageError, match="--json .*afile is a file, not a folder"):
+    bench.check_args(tiny_config(), 2, 1, json_path=str(tmp_path / "afile" / "b.json"))
+  with pytest.raises(UsageError, match="is a folder"):
+    bench.check_args(tiny_config(), 2, 1, json_path=str(tmp_path))
+  bench.check_args(tiny_config(), 2, 1, json_path=str(tmp_path / "new" / "b.json"))
+  assert sorted(os.listdir(tmp_path)) == ["afile"]  # the check creates nothing
+
+
+@pytest.mark.parametrize("args, match", [
+    ([], "Flag --config must have a value other than None"),
+    (["--config.threshold=1.5"], "bad config: threshold must be a finite number"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--json", "{afile}/b.json"], "afile is a file, not a folder"),
+])
+def test_command_line_errors_are_one_line(tmp_path, args, match):
+  """The command (absl flags exist only under __main__, hence a subprocess): one line
+  starting "[dlpl_jax] error:", exit status 2, before anything is compiled."""
+  (tmp_path / "afile").write_text("x")
+  config = [] if not args else ["--config=experiments/cifar10_4shot.py:smoke"]
+  proc = subprocess.run(
+      [sys.executable, "-m", "dlpl_jax.bench"] + config
+      + [a.format(afile=tmp_path / "afile") for a in args],
+      capture_output=True, text=True, timeout=120, check=False,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), proc.stderr
+  assert match in lines[0] and proc.stdout == ""

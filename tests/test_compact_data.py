@@ -162,3 +162,75 @@ def test_full_compact_copy_equals_tfds(cifar_dir):
   via_tfds = input_pipeline.load(_config(cifar_dir))
   for a, b in zip(via_npz, via_tfds):
     np.testing.assert_array_equal(a, b)
+
+
+def _one_error_line(capsys) -> str:
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
+  return lines[0]
+
+
+def test_command_checks_arguments_before_reading(tmp_path, capsys, monkeypatch):
+  """Bad arguments and an unusable --out are refused in one line with status 2 before
+  any data is read (the coding takes minutes)."""
+  from dlpl_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+
+  def no_reading(*args):
+    raise AssertionError(f"data read before the arguments were checked: {args}")
+  monkeypatch.setattr(data_lib, "load_split", no_reading)
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  (tmp_path / "dir.npz").mkdir()
+  cases = [(["--out", str(afile / "c.npz")], f"{afile} is a file, not a folder"),
+           (["--out", str(tmp_path / "dir.npz")], "is a folder"),
+           (["--out", str(tmp_path / "c.npz"), "--quality", "0"], "quality must be in"),
+           (["--out", str(tmp_path / "c.npz"), "--splits", "train,,test"],
+            "--splits must be comma-separated"),
+           (["--out", str(tmp_path / "c.npz"), "--splits", "train[:10],train[10:]"],
+            "names 'train' twice")]
+  if os.geteuid() != 0:  # root writes into a read-only folder all the same
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    cases.append((["--out", str(ro / "c.npz")], "cannot write in"))
+  for argv, match in cases:
+    assert cd.main(argv) == 2, argv
+    assert match in _one_error_line(capsys), argv
+  with pytest.raises(SystemExit) as e:
+    cd.main(["--out", str(tmp_path / "c.txt")])
+  assert e.value.code == 2 and "--out must end in .npz" in _one_error_line(capsys)
+  assert sorted(os.listdir(tmp_path)) == ["afile", "dir.npz"] + (
+      ["ro"] if os.geteuid() != 0 else [])
+
+
+def test_dataset_not_prepared_is_one_line(tmp_path, capsys):
+  assert cd.main(["--out", str(tmp_path / "c.npz"), "--dataset", "foo",
+                  "--data_dir", str(tmp_path)]) == 2
+  assert "TFDS dataset 'foo' is not prepared" in _one_error_line(capsys)
+
+
+def test_unknown_split_is_one_line(cifar_dir, tmp_path, capsys):
+  assert cd.main(["--out", str(tmp_path / "c.npz"), "--data_dir", cifar_dir,
+                  "--splits", "bogus"]) == 2
+  assert "--splits 'bogus': Unknown split 'bogus'" in _one_error_line(capsys)
+  assert not os.listdir(tmp_path)
+
+
+def test_garbage_file_and_failed_write(tmp_path):
+  garbage = tmp_path / "garbage.npz"
+  garbage.write_bytes(b"not an archive at all" * 10)
+  with pytest.raises(cd.CompactDataError, match=r"is not a valid \.npz of arrays") as e:
+    cd.read(str(garbage))
+  assert "allow_pickle" not in str(e.value)
+  npy = tmp_path / "array.npz"
+  with open(npy, "wb") as f:
+    np.save(f, np.zeros(3))
+  with pytest.raises(cd.CompactDataError, match=r"a single \.npy array"):
+    cd.read_meta(str(npy))
+  # A write that fails at the rename leaves no temporary file behind.
+  x, y = _images(16)
+  target = tmp_path / "taken.npz"
+  target.mkdir()
+  with pytest.raises(IsADirectoryError):
+    cd.write(str(target), {"train": (x, y)}, "cifar10", preset=0)
+  assert sorted(os.listdir(tmp_path)) == ["array.npz", "garbage.npz", "taken.npz"]

@@ -4,8 +4,10 @@ is checked in place, and the Flax ResNet-50 with the converted weights is compar
 with a NumPy forward pass of torch's arithmetic."""
 
 import importlib.util
+import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -210,12 +212,18 @@ def test_debiaspl_checkpoint_prefix(sd):
      "layer1.0.bn1.weight: holds non-finite"),
     (lambda d: d.update({"fc.weight": np.zeros((10, 512), np.float32)}),
      r"fc.weight: shape \(10, 512\)"),
+    (lambda d: d["layer2.0.bn1.running_var"].__setitem__(5, -0.5),
+     r"layer2.0.bn1.running_var: a negative running variance \(-0.5 at index 5"),
+    (lambda d: d.update({"conv1.weight": np.full((64, 3, 7, 7), 1e39)}),
+     "conv1.weight: holds values beyond float32's range"),
 ])
 def test_bad_state_dicts_name_the_key(sd, edit, match):
   bad = {k: v.copy() for k, v in sd.items()}
   edit(bad)
-  with pytest.raises(convert.ConversionError, match=match):
-    convert.convert_state_dict(bad)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no RuntimeWarning line beside the error's line
+    with pytest.raises(convert.ConversionError, match=match):
+      convert.convert_state_dict(bad)
 
 
 def test_no_stem_found():
@@ -273,3 +281,40 @@ def test_pth_without_torch_is_one_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().count("\n") == 0
   assert "needs PyTorch" in proc.stderr
+
+
+def _one_error_line(capsys) -> str:
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
+  return lines[0]
+
+
+def test_command_checks_out_first_and_leaves_no_temporary_file(tmp_path, capsys):
+  junk = tmp_path / "junk.npz"
+  junk.write_bytes(b"\x93 not an npz archive" * 20)
+  outdir = tmp_path / "outdir"
+  outdir.mkdir()
+  # --out checked before the checkpoint is read: its error, not the checkpoint's.
+  assert convert.main(["--pth", str(junk), "--out", str(outdir)]) == 2
+  assert f"--out {outdir} is a folder" in _one_error_line(capsys)
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  assert convert.main(["--pth", str(junk), "--out", str(afile / "x.msgpack")]) == 2
+  assert f"{afile} is a file, not a folder" in _one_error_line(capsys)
+  if os.geteuid() != 0:  # root writes into a read-only folder all the same
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    assert convert.main(["--pth", str(junk), "--out", str(ro / "x.msgpack")]) == 2
+    assert "cannot write in" in _one_error_line(capsys)
+  # A garbage .npz: named as such, without numpy's hint to allow pickle.
+  assert convert.main(["--pth", str(junk), "--out", str(tmp_path / "x.msgpack")]) == 2
+  line = _one_error_line(capsys)
+  assert f"{junk} is not a valid .npz of arrays" in line and "pickle" not in line
+  assert sorted(os.listdir(tmp_path)) == ["afile", "junk.npz", "outdir"] + (
+      ["ro"] if os.geteuid() != 0 else [])
+  # A write that fails at the rename leaves no temporary file behind.
+  variables = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}}
+  with pytest.raises(IsADirectoryError):
+    convert.save_variables(variables, str(outdir))
+  assert not os.path.exists(f"{outdir}.tmp")

@@ -377,3 +377,11 @@ def test_two_processes_read_disjoint_parts_and_evaluate_every_image_once(fake_di
   assert ev["eval/predicted"] == evals[-1]["eval/predicted"]
   np.testing.assert_allclose(ev["eval/per_class"], evals[-1]["eval/per_class"], atol=1e-9)
   assert ev["eval/top1"] == pytest.approx(evals[-1]["eval/top1"], abs=1e-9)
+
+
+def test_a_damaged_index_cache_is_one_line(tmp_path):
+  c = configs.load_config_file(os.path.join(REPO, "experiments", "imagenet_1pct.py:smoke"))
+  (tmp_path / "files.npz").write_bytes(b"\x00" * 64)
+  c.imagenet.index_cache = str(tmp_path / "files.npz")
+  with pytest.raises(UsageError, match=r"imagenet.index_cache: .* delete it to rebuild it"):
+    imagenet.train_file_names(c)

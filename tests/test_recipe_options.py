@@ -402,6 +402,16 @@ class TestInitCheckpoint:
     with pytest.raises(UsageError, match=match):
       train.create_train_state(c, train.build_model(c), SHAPE)
 
+  def test_a_file_that_is_no_npz_is_named_as_such(self, tmp_path):
+    """Not numpy's hint to allow pickle: the file is simply not an .npz of arrays."""
+    c = tiny()
+    (tmp_path / "junk.npz").write_bytes(b"not a zip archive at all")
+    c.init_checkpoint = str(tmp_path / "junk.npz")
+    with pytest.raises(UsageError, match=r"init_checkpoint: .*junk.npz is not a valid "
+                                         r"\.npz of arrays") as e:
+      train.create_train_state(c, train.build_model(c), SHAPE)
+    assert "pickle" not in str(e.value)
+
   def test_a_resume_keeps_the_checkpoint_not_the_file(self, tmp_path):
     c = tiny()
     _, flat = self._file_variables(c)

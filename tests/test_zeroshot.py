@@ -1,6 +1,7 @@
 """Tests of dlpl_jax.zeroshot: readers, the confidence split, training-free debiasing."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -87,12 +88,21 @@ def test_read_csv(tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     ("Index,Label,Probs\n0,1,0.9\n", "no column 'PseudoLabel'"),
-    ("Index,PseudoLabel,Probs\n0,7,0.9\n", r"PseudoLabel 7 \(row 0\) is outside \[0, 5\)"),
+    ("Index,PseudoLabel,Probs\n0,7,0.9\n", r"line 2: PseudoLabel 7 is outside \[0, 5\)"),
     ("Index,PseudoLabel,Probs\n0,-1,0.9\n", "PseudoLabel -1"),
     ("Index,PseudoLabel,Probs\n0,1,nan\n", "Probs nan"),
     ("Index,PseudoLabel,Probs\n0,1,1.5\n", "Probs 1.5"),
     ("Index,PseudoLabel,Probs\n0,1.5,0.9\n", "column PseudoLabel: '1.5' is not an integer"),
-    ("Index,PseudoLabel,Probs\n3,1,0.9\n3,2,0.8\n", "Index 3 appears 2 times"),
+    ("Index,PseudoLabel,Probs\n3,1,0.9\n3,2,0.8\n",
+     r"Index 3 appears 2 times \(lines 2 and 3\)"),
+    # Every message names the file's line (header = line 1), blank lines counted.
+    ("Index,PseudoLabel,Probs\n\n0,1,0.9\n5,9,0.9\n",
+     r"line 4: PseudoLabel 9 is outside"),
+    ("Index,PseudoLabel,Probs\n0,1,0.9\n1,2,1.5\n", r"line 3: Probs 1.5 is not a prob"),
+    ("Index,PseudoLabel,Probs\n0,1\n", r"line 2: 2 fields, the header \(line 1\) 3"),
+    ("Index,PseudoLabel,Probs\n0,1,abc\n", "line 2, column Probs: 'abc' is not a number"),
+    ("Index,PseudoLabel,Probs\n1e30,1,0.9\n",
+     "line 2, column Index: '1e30' is beyond the int64 range"),
     ("Index,PseudoLabel,Probs\n", "no rows"),
     ("", "is empty"),
 ])
@@ -157,3 +167,107 @@ def test_command(tmp_path, capsys):
   assert zeroshot.main(["--logits", str(npz), "--tau", "-1"]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 2 and "cannot read" in err and "tau" in err
+
+
+def test_read_csv_encodings(tmp_path):
+  """A UTF-8 byte-order mark is read; a byte that is not UTF-8 is one line."""
+  bom = tmp_path / "bom.csv"
+  bom.write_bytes("\ufeffIndex,PseudoLabel,Probs\n4,1,0.9\n".encode("utf-8"))
+  np.testing.assert_array_equal(zeroshot.read_csv(str(bom), 5).index, [4])
+  latin = tmp_path / "latin.csv"
+  latin.write_bytes(b"Index,PseudoLabel,Probs,Name\n4,1,0.9,caf\xe9\n")
+  with pytest.raises(UsageError, match=r"latin.csv is not UTF-8 text \(byte 0xe9"):
+    zeroshot.read_csv(str(latin))
+
+
+def _save_npy(path, array):
+  with open(path, "wb") as f:
+    np.save(f, array)
+
+
+@pytest.mark.parametrize("make, match", [
+    # Not an archive at all: not numpy's hint to allow pickle.
+    (lambda p: p.write_bytes(b"garbage, not an archive" * 10),
+     r"is not a valid \.npz of arrays \(not a zip archive"),
+    (lambda p: p.write_bytes(_npz_bytes()[:200]), r"is not a valid \.npz of arrays"),
+    (lambda p: _save_npy(p, np.zeros((4, 3), np.float32)), r"a single \.npy array"),
+    (lambda p: np.savez(p, logits=np.array([[0.0, 1.0], [1e39, 0.0]])),
+     r"logits of row 1 hold values beyond float32's range"),
+])
+def test_read_npz_refuses_bad_files(tmp_path, make, match):
+  path = tmp_path / "bad.npz"
+  make(path)
+  with pytest.raises(UsageError, match=match) as e:
+    zeroshot.read_npz(str(path))
+  assert "allow_pickle" not in str(e.value) and "\n" not in str(e.value)
+
+
+def _npz_bytes():
+  import io  # pylint: disable=import-outside-toplevel
+  buf = io.BytesIO()
+  np.savez(buf, logits=np.zeros((100, 10), np.float32))
+  return buf.getvalue()
+
+
+def _one_error_line(capsys) -> str:
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
+  return lines[0]
+
+
+def test_command_checks_every_argument_before_computing(tmp_path, capsys):
+  npz = tmp_path / "preds.npz"
+  logits, labels, _ = _synthetic()
+  np.savez(npz, logits=logits[:50], labels=labels[:50])
+  for extra in ([], ["--out", str(tmp_path / "out")]):
+    assert zeroshot.main(["--logits", str(npz), "--split_threshold", "1.5",
+                          "--top_k_per_class", "-3"] + extra) == 2
+    assert "split threshold must lie in [0, 1], got 1.5" in _one_error_line(capsys)
+    assert zeroshot.main(["--logits", str(npz), "--top_k_per_class", "0"] + extra) == 2
+    assert "top_k_per_class must be an integer >= 1" in _one_error_line(capsys)
+  assert not (tmp_path / "out").exists()  # nothing was created
+  # A bad input file with --out: refused, no empty output folder left behind.
+  (tmp_path / "junk.npz").write_bytes(b"junk")
+  assert zeroshot.main(["--logits", str(tmp_path / "junk.npz"), "--out",
+                        str(tmp_path / "out")]) == 2
+  assert "not a valid .npz of arrays" in _one_error_line(capsys)
+  assert not (tmp_path / "out").exists()
+  # argparse's errors: one line too, status 2.
+  with pytest.raises(SystemExit) as e:
+    zeroshot.main(["--logits", str(npz), "--top_k_per_class", "many"])
+  assert e.value.code == 2 and "--top_k_per_class" in _one_error_line(capsys)
+
+
+def test_command_refuses_unusable_out(tmp_path, capsys):
+  npz = tmp_path / "preds.npz"
+  np.savez(npz, logits=np.zeros((4, 3), np.float32))
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  assert zeroshot.main(["--logits", str(npz), "--out", str(afile)]) == 2
+  assert f"--out {afile} is a file, not a folder" in _one_error_line(capsys)
+  assert zeroshot.main(["--logits", str(npz), "--out", str(afile / "sub")]) == 2
+  assert f"{afile} is a file, not a folder" in _one_error_line(capsys)
+  if os.geteuid() != 0:  # root writes into a read-only folder all the same
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    assert zeroshot.main(["--logits", str(npz), "--out", str(ro / "out")]) == 2
+    assert "cannot write in" in _one_error_line(capsys)
+
+
+def test_summary_is_strict_json(tmp_path):
+  """A class predicted but absent from the labels: KL to the true share is undefined
+  (inf in memory), null in summary.json, never the non-JSON ``Infinity``."""
+  logits = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0, 0]],
+                    np.float32)
+  npz = tmp_path / "p.npz"
+  np.savez(npz, logits=logits, labels=np.array([0, 1, 1, 0]))
+  summary = zeroshot.run(str(npz), (0.0,), str(tmp_path / "out"), log=lambda _: None)
+  assert summary["before"]["kl_to_true_share"] == float("inf")
+  text = (tmp_path / "out" / "summary.json").read_text()
+  assert "Infinity" not in text and "NaN" not in text
+
+  def refuse(name):
+    raise ValueError(name)
+  stored = json.loads(text, parse_constant=refuse)
+  assert stored["before"]["kl_to_true_share"] is None
