@@ -352,6 +352,7 @@ def nothing_to_plot(run: Run) -> str | None:
   written (``eval_every`` and ``total_steps`` of config.json, when present)."""
   if run.evals:
     return None
+  last = 0
   if not os.path.exists(os.path.join(run.workdir, "metrics.jsonl")):
     so_far = "no metrics.jsonl yet"
   elif not run.records:
@@ -360,14 +361,21 @@ def nothing_to_plot(run: Run) -> str | None:
     last = max((r["step"] for r in run.records if isinstance(r.get("step"), int)), default=0)
     so_far = f"{last} step{'' if last == 1 else 's'} logged so far"
   every, total = run.config.get("eval_every"), run.config.get("total_steps")
+  first = None
   if isinstance(every, int) and every > 0:
     if isinstance(total, int) and 0 < total < every:
-      when = f"at step {total} (total_steps, before eval_every = {every})"
+      first, when = total, f"at step {total} (total_steps, before eval_every = {every})"
     else:
-      when = f"at step {every} (eval_every)"
+      first, when = every, f"at step {every} (eval_every)"
   else:
     when = "at step eval_every of the run's config" + (
         "" if run.config else " (no config.json yet)")
+  if first is not None and last >= first:
+    # The run is past its first evaluation, but the record is not in the file: a torn
+    # or damaged line, or the evaluation at that step is still being written.
+    return (f"{run.workdir}: nothing to plot yet, no evaluation in metrics.jsonl "
+            f"({so_far}), although the first is written at step {first}: its line is "
+            "still being written, or torn or damaged (a resume of the run rewrites it)")
   return (f"{run.workdir}: nothing to plot yet, no evaluation in metrics.jsonl ({so_far}); "
           f"the first evaluation is written {when}")
 

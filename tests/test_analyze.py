@@ -241,6 +241,13 @@ def test_nothing_to_plot_yet(tmp_path, capsys):
   (wd / "config.json").write_text(json.dumps({"total_steps": 200, "eval_every": 500}))
   assert analyze.main([str(wd)]) == 1
   assert "at step 200 (total_steps" in _stderr_line(capsys)
+  # Past the first evaluation, whose line is torn: said so, not "written at step 200".
+  (wd / "metrics.jsonl").write_text(
+      json.dumps({"step": 200, "kind": "train", "train/loss": 2.0}) + "\n"
+      + '{"step": 200, "kind": "ev', encoding="utf-8")
+  assert analyze.main([str(wd)]) == 1
+  line = _stderr_line(capsys)
+  assert "although the first is written at step 200" in line and "torn" in line, line
   # Compared with a run that has evaluations: still nothing plotted.
   one = write_workdir(tmp_path / "one", cifar_records())
   with pytest.raises(analyze.NothingToPlotError, match="early: nothing to plot yet"):
