@@ -35,3 +35,11 @@ def hide_packages(modules, distributions=()) -> str:
       _m.PathFinder.find_spec = staticmethod(_find_spec)
       _m.PathFinder.find_distributions = staticmethod(_find_distributions)
       """)
+
+
+def one_error_line(capsys) -> str:
+  """The one line a command printed on stderr, which must start ``[dlpl_jax] error: ``."""
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
+  return lines[0]

@@ -15,6 +15,7 @@ import pytest
 
 from dlpl_jax import analyze
 from dlpl_jax import metrics as metrics_lib
+from tests import helpers
 
 PNGS = ("a_proportions.png", "b_confusion.png", "c_precision_recall.png",
         "d_similarity.png", "curves.png")
@@ -212,11 +213,6 @@ def test_running_job_leftovers_do_not_crash(tmp_path):
   assert analyze.load_run(one).features is None
 
 
-def _stderr_line(capsys) -> str:
-  captured = capsys.readouterr()
-  lines = captured.err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
-  return lines[0]
 
 
 def test_nothing_to_plot_yet(tmp_path, capsys):
@@ -233,20 +229,20 @@ def test_nothing_to_plot_yet(tmp_path, capsys):
     if content is not None:
       (wd / "metrics.jsonl").write_text(content, encoding="utf-8")
     assert analyze.main([str(wd)]) == 1
-    line = _stderr_line(capsys)
+    line = helpers.one_error_line(capsys)
     assert "nothing to plot yet" in line and so_far in line, line
     assert "the first evaluation is written at step 500 (eval_every)" in line, line
     assert not (wd / "analysis").exists()  # no PNGs, not even an empty folder
   # total_steps below eval_every: the last step is the first evaluation.
   (wd / "config.json").write_text(json.dumps({"total_steps": 200, "eval_every": 500}))
   assert analyze.main([str(wd)]) == 1
-  assert "at step 200 (total_steps" in _stderr_line(capsys)
+  assert "at step 200 (total_steps" in helpers.one_error_line(capsys)
   # Past the first evaluation, whose line is torn: said so, not "written at step 200".
   (wd / "metrics.jsonl").write_text(
       json.dumps({"step": 200, "kind": "train", "train/loss": 2.0}) + "\n"
       + '{"step": 200, "kind": "ev', encoding="utf-8")
   assert analyze.main([str(wd)]) == 1
-  line = _stderr_line(capsys)
+  line = helpers.one_error_line(capsys)
   assert "although the first is written at step 200" in line and "torn" in line, line
   # Compared with a run that has evaluations: still nothing plotted.
   one = write_workdir(tmp_path / "one", cifar_records())
@@ -265,10 +261,10 @@ def test_nothing_to_plot_yet(tmp_path, capsys):
 
 def test_missing_workdir_is_one_line(tmp_path, capsys):
   assert analyze.main([str(tmp_path / "nope")]) == 2
-  assert "no such workdir" in _stderr_line(capsys)
+  assert "no such workdir" in helpers.one_error_line(capsys)
   (tmp_path / "file").write_text("x")
   assert analyze.main([str(tmp_path / "file")]) == 2
-  assert "not a run folder" in _stderr_line(capsys)
+  assert "not a run folder" in helpers.one_error_line(capsys)
 
 
 def test_import_without_tensorflow():
@@ -481,7 +477,7 @@ def test_bad_run_files_are_one_line(tmp_path, capsys, damage, match):
   damage(wd)
   out = tmp_path / "out"
   assert analyze.main([wd, "--out", str(out)]) == 2
-  assert re.search(match, _stderr_line(capsys))
+  assert re.search(match, helpers.one_error_line(capsys))
   assert not out.exists()
 
 
@@ -490,18 +486,18 @@ def test_unusable_out_is_one_line(tmp_path, capsys):
   afile = tmp_path / "afile"
   afile.write_text("x")
   assert analyze.main([wd, "--out", str(afile)]) == 2
-  assert f"--out {afile} is a file, not a folder" in _stderr_line(capsys)
+  assert f"--out {afile} is a file, not a folder" in helpers.one_error_line(capsys)
   assert analyze.main([wd, "--out", str(afile / "sub")]) == 2
-  assert f"{afile} is a file, not a folder" in _stderr_line(capsys)
+  assert f"{afile} is a file, not a folder" in helpers.one_error_line(capsys)
   if os.geteuid() != 0:  # root writes into a read-only folder all the same
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
     assert analyze.main([wd, "--out", str(ro / "out")]) == 2
-    assert "cannot write in" in _stderr_line(capsys)
+    assert "cannot write in" in helpers.one_error_line(capsys)
   # The default folder, inside a workdir where it cannot be made.
   (tmp_path / "run" / "analysis").write_text("x")
   assert analyze.main([wd]) == 2
-  assert "the output folder" in _stderr_line(capsys)
+  assert "the output folder" in helpers.one_error_line(capsys)
   with pytest.raises(SystemExit) as e:  # argparse's errors: one line, status 2 too
     analyze.main([wd, "--last-frac", "2"])
-  assert e.value.code == 2 and "--last-frac must be in (0, 1]" in _stderr_line(capsys)
+  assert e.value.code == 2 and "--last-frac must be in (0, 1]" in helpers.one_error_line(capsys)

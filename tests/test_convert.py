@@ -16,6 +16,7 @@ import pytest
 
 from dlpl_jax import convert
 from dlpl_jax import models
+from tests import helpers
 from tests import torchvision_reference as tv
 
 TORCHVISION_RESNET50_PARAMS = 25_557_032  # sum(p.numel()) of torchvision resnet50()
@@ -283,11 +284,6 @@ def test_pth_without_torch_is_one_line(tmp_path):
   assert "needs PyTorch" in proc.stderr
 
 
-def _one_error_line(capsys) -> str:
-  captured = capsys.readouterr()
-  lines = captured.err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
-  return lines[0]
 
 
 def test_command_checks_out_first_and_leaves_no_temporary_file(tmp_path, capsys):
@@ -297,19 +293,19 @@ def test_command_checks_out_first_and_leaves_no_temporary_file(tmp_path, capsys)
   outdir.mkdir()
   # --out checked before the checkpoint is read: its error, not the checkpoint's.
   assert convert.main(["--pth", str(junk), "--out", str(outdir)]) == 2
-  assert f"--out {outdir} is a folder" in _one_error_line(capsys)
+  assert f"--out {outdir} is a folder" in helpers.one_error_line(capsys)
   afile = tmp_path / "afile"
   afile.write_text("x")
   assert convert.main(["--pth", str(junk), "--out", str(afile / "x.msgpack")]) == 2
-  assert f"{afile} is a file, not a folder" in _one_error_line(capsys)
+  assert f"{afile} is a file, not a folder" in helpers.one_error_line(capsys)
   if os.geteuid() != 0:  # root writes into a read-only folder all the same
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
     assert convert.main(["--pth", str(junk), "--out", str(ro / "x.msgpack")]) == 2
-    assert "cannot write in" in _one_error_line(capsys)
+    assert "cannot write in" in helpers.one_error_line(capsys)
   # A garbage .npz: named as such, without numpy's hint to allow pickle.
   assert convert.main(["--pth", str(junk), "--out", str(tmp_path / "x.msgpack")]) == 2
-  line = _one_error_line(capsys)
+  line = helpers.one_error_line(capsys)
   assert f"{junk} is not a valid .npz of arrays" in line and "pickle" not in line
   assert sorted(os.listdir(tmp_path)) == ["afile", "junk.npz", "outdir"] + (
       ["ro"] if os.geteuid() != 0 else [])

@@ -8,6 +8,7 @@ import pytest
 
 from dlpl_jax import zeroshot
 from dlpl_jax.errors import UsageError
+from tests import helpers
 
 C, PER_CLASS = 10, 200
 
@@ -209,11 +210,6 @@ def _npz_bytes():
   return buf.getvalue()
 
 
-def _one_error_line(capsys) -> str:
-  captured = capsys.readouterr()
-  lines = captured.err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("[dlpl_jax] error: "), captured.err
-  return lines[0]
 
 
 def test_command_checks_every_argument_before_computing(tmp_path, capsys):
@@ -223,20 +219,20 @@ def test_command_checks_every_argument_before_computing(tmp_path, capsys):
   for extra in ([], ["--out", str(tmp_path / "out")]):
     assert zeroshot.main(["--logits", str(npz), "--split_threshold", "1.5",
                           "--top_k_per_class", "-3"] + extra) == 2
-    assert "split threshold must lie in [0, 1], got 1.5" in _one_error_line(capsys)
+    assert "split threshold must lie in [0, 1], got 1.5" in helpers.one_error_line(capsys)
     assert zeroshot.main(["--logits", str(npz), "--top_k_per_class", "0"] + extra) == 2
-    assert "top_k_per_class must be an integer >= 1" in _one_error_line(capsys)
+    assert "top_k_per_class must be an integer >= 1" in helpers.one_error_line(capsys)
   assert not (tmp_path / "out").exists()  # nothing was created
   # A bad input file with --out: refused, no empty output folder left behind.
   (tmp_path / "junk.npz").write_bytes(b"junk")
   assert zeroshot.main(["--logits", str(tmp_path / "junk.npz"), "--out",
                         str(tmp_path / "out")]) == 2
-  assert "not a valid .npz of arrays" in _one_error_line(capsys)
+  assert "not a valid .npz of arrays" in helpers.one_error_line(capsys)
   assert not (tmp_path / "out").exists()
   # argparse's errors: one line too, status 2.
   with pytest.raises(SystemExit) as e:
     zeroshot.main(["--logits", str(npz), "--top_k_per_class", "many"])
-  assert e.value.code == 2 and "--top_k_per_class" in _one_error_line(capsys)
+  assert e.value.code == 2 and "--top_k_per_class" in helpers.one_error_line(capsys)
 
 
 def test_command_refuses_unusable_out(tmp_path, capsys):
@@ -245,14 +241,14 @@ def test_command_refuses_unusable_out(tmp_path, capsys):
   afile = tmp_path / "afile"
   afile.write_text("x")
   assert zeroshot.main(["--logits", str(npz), "--out", str(afile)]) == 2
-  assert f"--out {afile} is a file, not a folder" in _one_error_line(capsys)
+  assert f"--out {afile} is a file, not a folder" in helpers.one_error_line(capsys)
   assert zeroshot.main(["--logits", str(npz), "--out", str(afile / "sub")]) == 2
-  assert f"{afile} is a file, not a folder" in _one_error_line(capsys)
+  assert f"{afile} is a file, not a folder" in helpers.one_error_line(capsys)
   if os.geteuid() != 0:  # root writes into a read-only folder all the same
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
     assert zeroshot.main(["--logits", str(npz), "--out", str(ro / "out")]) == 2
-    assert "cannot write in" in _one_error_line(capsys)
+    assert "cannot write in" in helpers.one_error_line(capsys)
 
 
 def test_summary_is_strict_json(tmp_path):
