@@ -313,15 +313,6 @@ def main(argv):
   return errors.run_command(command, paths=(json_path,))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with errors (a missing --config included) as one line and
-  exit status 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(errors.report(str(e).splitlines()[0], UsageError.exit_code))
-
-
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -342,4 +333,4 @@ if __name__ == "__main__":
     configs.check_overrides(sys.argv[1:])
   except UsageError as e:
     sys.exit(errors.report(e, e.exit_code))
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=errors.parse_absl_flags)

@@ -208,3 +208,20 @@ class ArgumentParser(argparse.ArgumentParser):
   def error(self, message):
     report(f"{message} (see {self.prog} --help)", UsageError.exit_code)
     sys.exit(UsageError.exit_code)
+
+
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for ``app.run(..., flags_parser=...)``: a bad or missing flag is
+  one line with status 2, and ``--help`` exits 0 after the usage (absl exits 1)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(report(str(e).splitlines()[0], UsageError.exit_code))
+  except SystemExit as e:
+    if e.code == 1 and any(a in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise

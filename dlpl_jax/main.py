@@ -24,6 +24,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from dlpl_jax import configs
+from dlpl_jax import errors
 from dlpl_jax import host
 from dlpl_jax import interrupt
 from dlpl_jax.errors import RunError, UsageError
@@ -165,14 +166,6 @@ def main(argv):
     _fail("training failed (traceback above)", RunError.exit_code)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with errors as one line and exit status 2 (a usage error)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0], UsageError.exit_code)
-
-
 def run():
   _STOP.__enter__()  # first: a signal during start-up is acknowledged and handled
   host.configure()   # before JAX starts: the data folder beside the checkout, CPU flag
@@ -181,7 +174,7 @@ def run():
     configs.check_overrides(sys.argv[1:])
   except UsageError as e:
     _fail(e, UsageError.exit_code)
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=errors.parse_absl_flags)
 
 
 if __name__ == "__main__":

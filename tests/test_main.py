@@ -172,6 +172,14 @@ def test_bad_config_path_or_variant_is_one_line(tmp_path, spec, message):
   assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_help_exits_zero_and_a_missing_config_is_one_line():
+  res = run_main(["--help"])
+  assert res.returncode == 0 and "--config" in res.stdout, res.stderr[-2000:]
+  res = run_main(["--workdir=/tmp/unused"])
+  assert res.returncode == 2 and res.stderr.strip().startswith("[dlpl_jax] error: flag "
+                                                               "--config"), res.stderr
+
+
 def test_full_config_on_cpu_is_refused_with_the_hours(tmp_path):
   res = run_main(["--config=experiments/cifar10_4shot.py", f"--workdir={tmp_path}"])
   assert res.returncode == 2, res.stderr[-2000:]
