@@ -762,9 +762,9 @@ def _check_values(images) -> None:
   which comes out NaN where this would raise."""
   if jnp.result_type(images) == jnp.uint8 or isinstance(images, jax.core.Tracer):
     return
-  x = np.asarray(jax.device_get(images))
-  if bool(_range_ok(jnp.asarray(x))):
+  if bool(_range_ok(jnp.asarray(images))):  # one scalar leaves the device
     return
+  x = np.asarray(jax.device_get(images))
   lo, hi = x.min(), x.max()
   hint = (" (it looks like [0, 1] images: multiply by 255)" if 0 <= lo and hi <= 1 else
           " (normalised images? augment before normalising)" if lo < 0 else "")
