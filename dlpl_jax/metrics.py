@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -205,31 +205,42 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str, damaged: list[int] | None = None) -> list[dict]:
   """Reads a metrics.jsonl file: its JSON objects, skipping a torn last line of a running
-  job and any line that is not a JSON object (bytes that are not UTF-8 included)."""
+  job and any line that is not a JSON object (bytes that are not UTF-8 included).
+
+  ``damaged``: if given, the numbers (from 1) of the skipped lines that are complete,
+  i.e. not a torn last line, are appended to it."""
   out = []
   with open(path, encoding="utf-8", errors="replace") as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       try:
         record = json.loads(line)
       except json.JSONDecodeError:
-        continue
+        record = None
       if isinstance(record, dict):
         out.append(record)
+      elif damaged is not None and line.endswith("\n"):
+        damaged.append(number)
   return out
 
 
-def rollback_jsonl(path: str, step: int) -> list[dict]:
+def rollback_jsonl(path: str, step: int,
+                   log: Callable[[str], None] | None = None) -> list[dict]:
   """Keeps the records of ``path`` up to ``step`` (a resumed run redoes the rest).
 
   Rewrites the file atomically without the records after ``step``, without a torn or
-  unparseable line, and without repeats of a (step, kind). Returns the kept records.
+  unparseable line, and without repeats of a (step, kind). Returns the kept records;
+  ``log`` is told of complete lines dropped as unreadable (damage, not a torn end).
   """
   if not os.path.exists(path):
     return []
-  kept, seen = [], set()
-  for r in read_jsonl(path):
+  kept, seen, damaged = [], set(), []
+  records = read_jsonl(path, damaged)
+  if damaged and log is not None:
+    log(f"note: {path}: dropped {len(damaged)} unreadable line(s) (first: line "
+        f"{damaged[0]}), as a damaged record")
+  for r in records:
     key = (r.get("step"), r.get("kind"))
     if isinstance(r.get("step"), int) and r["step"] <= step and key not in seen:
       seen.add(key)

@@ -410,7 +410,8 @@ def _train(config, workdir, data, stop_at, allow_config_change, restore_step, al
     workdir_lib.write_config(workdir, config)
     # metrics.jsonl and TensorBoard hold each (step, kind) once, as an uninterrupted run:
     # records after the restored step are dropped (they will be written again).
-    records = metrics_lib.rollback_jsonl(os.path.join(workdir, "metrics.jsonl"), step)
+    records = metrics_lib.rollback_jsonl(os.path.join(workdir, "metrics.jsonl"), step,
+                                         log=_log)
   writer = metrics_lib.MetricWriter(
       workdir, enabled=jax.process_index() == 0,
       class_names=metrics_lib.class_names(config.dataset, config.num_classes))

@@ -128,6 +128,7 @@ class TestConfig:
       run(tiny_config(), tmp_path)
     assert "another config" not in str(e.value) and "\n" not in str(e.value)
     assert run(tiny_config(), tmp_path, allow_config_change=True)["step"] == 4
+    assert "dropped 1 unreadable line(s)" in capsys.readouterr().err
     assert json.load(open(tmp_path / "config.json"))["method"] == "debiaspl"
     assert [(r["step"], r["kind"]) for r in records(tmp_path)][-1] == (4, "eval")
 
