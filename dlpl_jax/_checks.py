@@ -78,13 +78,19 @@ def check_batch(name: str, x) -> None:
         f"{jnp.shape(x)} (a mean over B = 0 examples is NaN)")
 
 
+def host_values(x) -> np.ndarray | None:
+  """``x``'s values on the host when they are known here: None for a traced array, or
+  for a multi-process global array (no host has all its values)."""
+  if isinstance(x, jax.core.Tracer) or not getattr(x, "is_fully_addressable", True):
+    return None
+  return np.asarray(jax.device_get(x))
+
+
 def check_marginal_values(marginal) -> None:
   """Refuses negative or non-finite entries of a concrete (not traced) marginal."""
-  if isinstance(marginal, jax.core.Tracer):
+  shown = host_values(marginal)  # printed in its own precision
+  if shown is None:
     return
-  if not getattr(marginal, "is_fully_addressable", True):
-    return  # a multi-process global array: no host has all the values
-  shown = np.asarray(jax.device_get(marginal))  # printed in its own precision
   m = shown.astype(np.float64)
   bad = np.flatnonzero(~np.isfinite(m) | (m < 0))
   if bad.size:
@@ -136,9 +142,10 @@ def check_probabilities(name: str, probs) -> None:
   entries finite and in [0, 1], each row summing to 1 (within :data:`PROB_SUM_TOL`).
   Logits passed as probabilities would otherwise give a mask of all ones or a marginal
   off the simplex, without an error."""
-  if isinstance(probs, jax.core.Tracer) or not getattr(probs, "is_fully_addressable", True):
+  p = host_values(probs)
+  if p is None:
     return
-  p = np.asarray(jax.device_get(probs)).astype(np.float64)
+  p = p.astype(np.float64)
   bad = ~np.isfinite(p).all(axis=-1)
   if bad.any():
     raise ValueError(f"{name} must be finite, got a non-finite entry in row "
@@ -155,11 +162,12 @@ def check_probabilities(name: str, probs) -> None:
 
 def check_finite(name: str, x) -> None:
   """Refuses a concrete (not traced) array with a non-finite entry, naming it."""
-  if isinstance(x, jax.core.Tracer) or not getattr(x, "is_fully_addressable", True):
+  values = host_values(x)
+  if values is None:
     return
-  bad = np.argwhere(~np.isfinite(np.asarray(jax.device_get(x), np.float64)))
+  bad = np.argwhere(~np.isfinite(values.astype(np.float64)))
   if bad.size:
-    raise ValueError(f"{name} must be finite, got {np.asarray(x)[tuple(bad[0])]} at index "
+    raise ValueError(f"{name} must be finite, got {values[tuple(bad[0])]} at index "
                      f"{tuple(int(i) for i in bad[0])} ({len(bad)} non-finite)")
 
 

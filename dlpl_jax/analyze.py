@@ -249,15 +249,14 @@ def _read_records(path: str) -> list[dict]:
   try:
     with open(path, "rb") as f:
       data = f.read()
-    data.decode("utf-8")  # the trainer writes ASCII JSON: anything else is damage
-    records = metrics_lib.read_jsonl(path)
+    text = data.decode("utf-8")  # the trainer writes ASCII JSON: anything else is damage
   except UnicodeDecodeError as e:
     line = data.count(b"\n", 0, e.start) + 1
     raise UsageError(f"{path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8 "
                      "text; not a metrics.jsonl written by dlpl_jax") from None
   except OSError as e:
     raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-  records = [r for r in records if isinstance(r, dict)]
+  records = metrics_lib.parse_jsonl(text.splitlines(keepends=True))
   for r in records:
     step = r.get("step", 0)
     if isinstance(step, bool) or not isinstance(step, int):

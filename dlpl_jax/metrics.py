@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -91,14 +91,21 @@ def per_class_precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.nd
   return precision, recall
 
 
-def _to_json(v):
-  """Plain JSON values; NaN and infinities become None (JSON null), never a bare NaN."""
+def to_json(v):
+  """Plain JSON values (dicts, lists, numbers, arrays); NaN and infinities become None
+  (JSON null), never a bare NaN.
+
+  >>> to_json({"kl": float("inf"), "share": [0.5, float("nan")]})
+  {'kl': None, 'share': [0.5, None]}
+  """
   if isinstance(v, (np.ndarray, np.generic)):
     v = v.tolist()
   if isinstance(v, float):
     return v if math.isfinite(v) else None
+  if isinstance(v, dict):
+    return {k: to_json(x) for k, x in v.items()}
   if isinstance(v, (list, tuple)):
-    return [_to_json(x) for x in v]
+    return [to_json(x) for x in v]
   return v
 
 
@@ -167,7 +174,7 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), "kind": kind}
-    record.update({k: _to_json(v) for k, v in metrics.items()})
+    record.update({k: to_json(v) for k, v in metrics.items()})
     self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
@@ -211,17 +218,22 @@ def read_jsonl(path: str, damaged: list[int] | None = None) -> list[dict]:
 
   ``damaged``: if given, the numbers (from 1) of the skipped lines that are complete,
   i.e. not a torn last line, are appended to it."""
-  out = []
   with open(path, encoding="utf-8", errors="replace") as f:
-    for number, line in enumerate(f, 1):
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        record = None
-      if isinstance(record, dict):
-        out.append(record)
-      elif damaged is not None and line.endswith("\n"):
-        damaged.append(number)
+    return parse_jsonl(f, damaged)
+
+
+def parse_jsonl(lines: Iterable[str], damaged: list[int] | None = None) -> list[dict]:
+  """:func:`read_jsonl` of lines already read (each with its newline, as a file gives)."""
+  out = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      record = None
+    if isinstance(record, dict):
+      out.append(record)
+    elif damaged is not None and line.endswith("\n"):
+      damaged.append(number)
   return out
 
 
@@ -248,6 +260,6 @@ def rollback_jsonl(path: str, step: int,
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for r in kept:
-      f.write(json.dumps({k: _to_json(v) for k, v in r.items()}, allow_nan=False) + "\n")
+      f.write(json.dumps({k: to_json(v) for k, v in r.items()}, allow_nan=False) + "\n")
   os.replace(tmp, path)
   return kept

@@ -67,6 +67,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dlpl_jax import errors
+from dlpl_jax import metrics as metrics_lib
 from dlpl_jax.errors import UsageError
 
 CSV_COLUMNS = ("Index", "PseudoLabel", "Probs")
@@ -469,21 +470,6 @@ def share_stats(pred: np.ndarray, num_classes: int,
   return out
 
 
-def strict_json(v):
-  """``v`` (dicts, lists, numbers) with every NaN or infinity as None (JSON null).
-
-  >>> strict_json({"kl": float("inf"), "share": [0.5, float("nan")]})
-  {'kl': None, 'share': [0.5, None]}
-  """
-  if isinstance(v, dict):
-    return {k: strict_json(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple)):
-    return [strict_json(x) for x in v]
-  if isinstance(v, float) and not math.isfinite(v):
-    return None
-  return v
-
-
 def _plot(path, before, after, tau, num_classes):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -606,7 +592,7 @@ def run(logits_path: str, taus=(DEFAULT_TAU,), out: str | None = None,
           "unlabeled.csv")
     _plot(os.path.join(out, "zeroshot_bias.png"), before, after, tau, c)
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(strict_json(summary), f, indent=1, allow_nan=False)
+      json.dump(metrics_lib.to_json(summary), f, indent=1, allow_nan=False)
     log(f"wrote {out}/summary.json and {out}/zeroshot_bias.png")
   return summary
 
