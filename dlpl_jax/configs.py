@@ -14,21 +14,19 @@ import json
 import math
 import os
 
+from dlpl_jax.data.datasets import KNOWN as KNOWN_DATASETS
+from dlpl_jax.data.splits import UNLABELED_PROFILES
 from dlpl_jax.errors import UsageError
 
 METHODS = ("fixmatch", "debiaspl")
-UNLABELED_PROFILES = ("long_tailed", "reversed", "balanced")
 # Keys that do not change what is trained (where results are written, how often, which
 # test images are scored): a resumed run may change them freely.
 NON_TRAINING_KEYS = ("data_dir", "eval_every", "eval_batch_size", "eval_examples",
                      "eval_params", "imagenet.index_cache",
                      "log_every", "checkpoint_every", "keep_checkpoints", "progress")
-# Classes, training images per class and test images of the datasets the configs name.
-KNOWN_DATASETS = {"cifar10": (10, 5000, 10000), "cifar100": (100, 500, 10000)}
 LR_SCHEDULES = ("fixmatch", "warmup_cosine")
 # The ImageNet recipe's training options and their defaults, all OFF: with these values
-# the step is the CIFAR step exactly. Code that takes a plain namespace as its config reads
-# a missing key as this default, and a stored run whose config.json predates a key is
+# the step is the CIFAR step exactly. A stored run whose config.json predates a key is
 # compared as if it held this default (it was trained with the option off).
 RECIPE_DEFAULTS = {
     "teacher": False,            # an EMA teacher gives the weak-view logits
@@ -42,11 +40,6 @@ RECIPE_DEFAULTS = {
     "weight_decay_all": False,   # decay every parameter, not only conv/dense kernels
     "init_checkpoint": "",       # initial weights from this file; "" = random init
 }
-
-
-def recipe_option(config, key: str):
-  """``config.key``, or its :data:`RECIPE_DEFAULTS` value when the config lacks it."""
-  return getattr(config, key, RECIPE_DEFAULTS[key])
 
 
 def get_base_config() -> "ml_collections.ConfigDict":
@@ -269,6 +262,9 @@ def validate(c: ml_collections.ConfigDict, check_files: bool = True) -> None:
                                        f"{c.lt.m1}")
     need(c.in_memory, "in_memory=False streams the whole training split as the unlabeled "
                       "set; the long-tailed protocols need in_memory=True")
+  need(c.in_memory or input_kind(c) == "imagenet" or not str(c.data_dir).endswith(".npz"),
+       f"config.data_dir = {c.data_dir} is a compact file, which is read into memory: set "
+       "config.in_memory = True (streaming reads TFDS)")
   known = KNOWN_DATASETS.get(c.dataset)
   if known is not None:
     n_cls, per_class, n_test = known

@@ -1,17 +1,15 @@
-"""Host set-up shared by every entry point (``make`` or ``python -m``): data discovery
-and the XLA:CPU flag. Imports neither JAX nor TensorFlow, and must run before the JAX
-backend starts (XLA reads ``XLA_FLAGS`` when it creates the backend).
+"""Host set-up shared by every entry point (``make`` or ``python -m``): the XLA:CPU flag
+and TensorFlow's log level. Imports neither JAX nor TensorFlow, and must run before the
+JAX backend starts (XLA reads ``XLA_FLAGS`` when it creates the backend). Where the data
+is follows TFDS's own rule (``--config.data_dir``, else ``$TFDS_DATA_DIR``, else
+``~/tensorflow_datasets``); nothing here looks for it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
-import pathlib
 
-# A prepared TFDS folder beside the checkout (``../shared/tensorflow_datasets``), used
-# when neither --config.data_dir nor $TFDS_DATA_DIR says where the data is.
-BESIDE_CHECKOUT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
 # XLA:CPU convolutions through Eigen instead of YNNPACK, whose kernel gradients are slow:
 # halves the CPU train step with jaxlib 0.10.2 (docs/performance.md). XLA aborts on a
 # flag it does not know, so it is set only for that jaxlib and only without a GPU/TPU
@@ -29,11 +27,9 @@ def _installed(dist: str) -> str | None:
 
 
 def configure(environ=os.environ) -> dict[str, str]:
-  """Sets ``TFDS_DATA_DIR``, ``XLA_FLAGS`` and TensorFlow's log level where they are
-  unset; returns what it set."""
+  """Sets ``XLA_FLAGS`` and TensorFlow's log level where they are unset; returns what
+  it set."""
   out = {}
-  if not environ.get("TFDS_DATA_DIR") and BESIDE_CHECKOUT.is_dir():
-    out["TFDS_DATA_DIR"] = str(BESIDE_CHECKOUT)
   cpu_only = (environ.get("JAX_PLATFORMS", "cpu") in ("", "cpu") and
               not any(_installed(p) for p in _ACCELERATOR_PLUGINS))
   if "XLA_FLAGS" not in environ and cpu_only and _installed("jaxlib") == CPU_FLAG_JAXLIB:

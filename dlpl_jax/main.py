@@ -1,15 +1,17 @@
-"""Command line: ``python -m dlpl_jax.main --config=experiments/X.py[:variant] [--workdir=DIR]``.
+"""Trains a FixMatch / DebiasPL run: the dlpl-train command, what `make train` runs.
 
-Intentionally short: signal handling and host set-up first (so Ctrl-C and a missing
-data folder behave the same from the first second), flags, optional multi-host
-initialisation, one call into :func:`dlpl_jax.trainer.train_and_evaluate`. Override any
-config key with ``--config.key=value``; an unknown key fails at once, naming the nearest
-valid ones. Re-running the same command resumes from the latest checkpoint.
+  python -m dlpl_jax.main --config=FILE[:VARIANT] [--workdir=DIR] [--config.KEY=VALUE ...]
 
-Exit status: 0 when the run finished or was stopped by SIGINT/SIGTERM with a checkpoint
-saved; 2 when it cannot start as asked (:class:`dlpl_jax.errors.UsageError`: config,
-flags, data, workdir); 1 when training failed (non-finite values, a checkpoint that
-cannot be written); 130 / 143 when a second SIGINT / SIGTERM aborted it.
+FILE is an experiment config such as experiments/cifar10_4shot.py, VARIANT a comma-
+separated list such as smoke or fixmatch,smoke; --config.KEY=VALUE overrides one value
+(an unknown key fails at once, naming the nearest valid ones). Running the same command
+again resumes from the latest checkpoint. Ctrl-C or SIGTERM stops after the current step
+and saves a checkpoint; a second one aborts at once.
+
+Exit status: 0 when the run finished, or stopped with a checkpoint saved; 2 when it
+cannot start as asked (config, flags, data, workdir); 1 when training failed
+(non-finite values, a checkpoint that cannot be written); 130 / 143 when a second
+SIGINT / SIGTERM aborted it.
 """
 
 from __future__ import annotations
@@ -17,47 +19,56 @@ from __future__ import annotations
 import os
 import re
 import sys
-
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+import types
 
 from dlpl_jax import configs
 from dlpl_jax import errors
 from dlpl_jax import host
-from dlpl_jax import interrupt
 from dlpl_jax.errors import RunError, UsageError
+from dlpl_jax.training import interrupt
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run folder (checkpoints, metrics). Default: runs/NAME, NAME made of "
-    "the config file, its variant and the --config.* overrides, so that different "
-    "commands never share a folder.")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", None,
-    "Call jax.distributed.initialize() (multi-host GPU clusters, TPU pods). Default: "
-    "when JAX_COORDINATOR_ADDRESS is set, on a multi-host TPU slice, and in a SLURM step "
-    "or Open MPI job of several tasks.")
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "With --multihost outside SLURM/Open MPI/Kubernetes/TPU (whose "
-    "environment JAX reads): the number of processes (default: $DLPL_NUM_PROCESSES).")
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "With --multihost outside a detected cluster: this process's index, "
-    "0 runs the coordinator at JAX_COORDINATOR_ADDRESS (default: $DLPL_PROCESS_ID).")
-_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
-    "heartbeat_timeout", 100, "Multi-process: seconds without a heartbeat after which the "
-    "others give up on a process that died or hangs (jax.distributed's default is 100).")
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Resume a stored run although the config now differs in "
-    "keys that change training (recorded in WORKDIR/config_changes.jsonl).")
-_RESTORE_STEP = flags.DEFINE_integer(
-    "restore_step", None, "Resume from this checkpoint step instead of the latest; newer "
-    "checkpoints are moved to WORKDIR/checkpoints/set_aside/.")
-_ALLOW_CPU = flags.DEFINE_bool(
-    "allow_cpu", False, "Start a run that would take more than 12 hours on a CPU-only host.")
 
+def _define_flags() -> types.SimpleNamespace:
+  """The command's absl flags (absl and ml_collections come with the train extra)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  return types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file(
+          "config", None, "The experiment config: FILE[:VARIANT], e.g. "
+          "experiments/cifar10_4shot.py:smoke; override its values with "
+          "--config.KEY=VALUE.", lock_config=True),
+      workdir=flags.DEFINE_string(
+          "workdir", None, "Run folder (checkpoints, metrics). Default: runs/NAME, NAME "
+          "made of the config file, its variant and the --config.* overrides, so that "
+          "different commands never share a folder."),
+      multihost=flags.DEFINE_bool(
+          "multihost", None, "Call jax.distributed.initialize() (multi-host GPU clusters, "
+          "TPU pods). Default: when JAX_COORDINATOR_ADDRESS is set, on a multi-host TPU "
+          "slice, and in a SLURM step or Open MPI job of several tasks."),
+      num_processes=flags.DEFINE_integer(
+          "num_processes", None, "With --multihost outside SLURM/Open MPI/Kubernetes/TPU "
+          "(whose environment JAX reads): the number of processes (default: "
+          "$DLPL_NUM_PROCESSES)."),
+      process_id=flags.DEFINE_integer(
+          "process_id", None, "With --multihost outside a detected cluster: this "
+          "process's index, 0 runs the coordinator at JAX_COORDINATOR_ADDRESS (default: "
+          "$DLPL_PROCESS_ID)."),
+      heartbeat_timeout=flags.DEFINE_integer(
+          "heartbeat_timeout", 100, "Several processes: seconds without a heartbeat after "
+          "which the others give up on a process that died or hangs."),
+      allow_config_change=flags.DEFINE_bool(
+          "allow_config_change", False, "Resume a stored run although the config now "
+          "differs in keys that change training (recorded in "
+          "WORKDIR/config_changes.jsonl)."),
+      restore_step=flags.DEFINE_integer(
+          "restore_step", None, "Resume from this checkpoint step instead of the latest; "
+          "newer checkpoints are moved to WORKDIR/checkpoints/set_aside/."),
+      allow_cpu=flags.DEFINE_bool(
+          "allow_cpu", False, "Start a run that would take more than 12 hours on a "
+          "CPU-only host."))
+
+
+_FLAGS = None
 _STOP = interrupt.StopSignal()
 
 
@@ -113,9 +124,11 @@ def _env_int(name: str) -> int | None:
 
 def main(argv):
   del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
   import jax  # pylint: disable=g-import-not-at-top
-  multihost = _MULTIHOST.value
+  f = _FLAGS
+  multihost = f.multihost.value
   if multihost is None:
     multihost = auto_multihost(os.environ)
   if multihost:
@@ -125,10 +138,10 @@ def main(argv):
     jax.config.update("jax_enable_preemption_service", False)
     try:
       jax.distributed.initialize(
-          num_processes=_NUM_PROCESSES.value or _env_int("DLPL_NUM_PROCESSES"),
-          process_id=(_PROCESS_ID.value if _PROCESS_ID.value is not None
+          num_processes=f.num_processes.value or _env_int("DLPL_NUM_PROCESSES"),
+          process_id=(f.process_id.value if f.process_id.value is not None
                       else _env_int("DLPL_PROCESS_ID")),
-          heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
+          heartbeat_timeout_seconds=f.heartbeat_timeout.value)
     except ValueError as e:  # no coordinator address / process count / id found
       _fail(UsageError(f"--multihost: {e} (outside a detected cluster set "
                        "JAX_COORDINATOR_ADDRESS, --num_processes and --process_id)"),
@@ -138,12 +151,12 @@ def main(argv):
       # stdout, where libraries print (Gloo's connection notice), goes to /dev/null.
       sys.stdout.flush()
       os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-  from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
-  workdir = _WORKDIR.value or default_workdir(sys.argv[1:])
+  from dlpl_jax.training import loop  # pylint: disable=g-import-not-at-top
+  workdir = f.workdir.value or default_workdir(sys.argv[1:])
   try:
-    trainer.train_and_evaluate(
-        _CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
-        restore_step=_RESTORE_STEP.value, allow_cpu=_ALLOW_CPU.value, stop=_STOP)
+    loop.train_and_evaluate(
+        f.config.value, workdir, allow_config_change=f.allow_config_change.value,
+        restore_step=f.restore_step.value, allow_cpu=f.allow_cpu.value, stop=_STOP)
   except (UsageError, FileNotFoundError) as e:  # includes bad data (DataError)
     _fail(e, UsageError.exit_code)
   except RunError as e:  # includes NonFiniteLossError
@@ -167,9 +180,19 @@ def main(argv):
 
 
 def run():
+  """The ``dlpl-train`` command."""
+  global _FLAGS
   _STOP.__enter__()  # first: a signal during start-up is acknowledged and handled
-  host.configure()   # before JAX starts: the data folder beside the checkout, CPU flag
+  host.configure()   # before JAX starts: the XLA:CPU flag
+  try:
+    errors.require("train", "absl", "ml_collections", "orbax")
+  except UsageError as e:
+    _fail(e, UsageError.exit_code)
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  _FLAGS = _define_flags()
   flags.mark_flags_as_required(["config"])
+  sys.modules["__main__"].__doc__ = __doc__  # --help shows this, also as dlpl-train
   try:
     configs.check_overrides(sys.argv[1:])
   except UsageError as e:

@@ -26,10 +26,10 @@ import time
 
 import numpy as np
 
-from dlpl_jax import analyze
+from dlpl_jax.tools import analyze
 from dlpl_jax import host
-from dlpl_jax import metrics as metrics_lib
-from dlpl_jax import trainer
+from dlpl_jax.training import metrics as metrics_lib
+from dlpl_jax.training import loop as trainer
 from experiments import study_cpu
 from experiments import study_imbalanced
 

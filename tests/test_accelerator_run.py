@@ -12,8 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from dlpl_jax import compact_data
-from dlpl_jax import input_pipeline
+from dlpl_jax.data import compact as compact_data
+from dlpl_jax.data import in_memory as input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
@@ -79,7 +79,7 @@ def test_the_script_end_to_end_on_a_simulated_host(tmp_path):
   py = os.path.join(REPO, ".venv", "bin", "python")
   py = py if os.path.exists(py) else sys.executable
   env = dict(os.environ, PY=py, CARRY=carry, DATA=data, JAX_PLATFORMS="cpu")
-  prep = subprocess.run(["bash", "experiments/accelerator_run.sh", "--prepare"], cwd=REPO,
+  prep = subprocess.run(["bash", "benchmarks/accelerator_run.sh", "--prepare"], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=120)
   assert prep.returncode == 0, prep.stderr
   assert os.path.isfile(os.path.join(carry, "site", "ml_collections", "__init__.py"))
@@ -87,7 +87,7 @@ def test_the_script_end_to_end_on_a_simulated_host(tmp_path):
   env.update(OUT=out, PYTHONPATH=_host_sim(tmp_path, carry),
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
   res = subprocess.run(
-      ["bash", "experiments/accelerator_run.sh", "--tiny", "--data", data, "--steps", "16",
+      ["bash", "benchmarks/accelerator_run.sh", "--tiny", "--data", data, "--steps", "16",
        "--eval_every", "8", "--ab_steps", "64", "--ab", "no_graphs,default,default_log512",
        "--scratch", str(tmp_path / "scratch"), "--budget_s", "540",
        # a 2-vCPU machine shared with other work: generous limits for the CNN

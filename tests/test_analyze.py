@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from dlpl_jax import analyze
-from dlpl_jax import metrics as metrics_lib
+from dlpl_jax.tools import analyze
+from dlpl_jax.tools.analyze import report as analyze_report
+from dlpl_jax.training import metrics as metrics_lib
 from tests import helpers
 
 PNGS = ("a_proportions.png", "b_confusion.png", "c_precision_recall.png",
@@ -336,12 +337,12 @@ def test_figures_name_the_run_and_axes_are_honest(tmp_path, monkeypatch):
   wd = write_workdir(tmp_path / "dp_run", new_format_records(windows, marginals),
                      "debiaspl", means=means)
   saved = {}
-  real_save = analyze._save
+  real_save = analyze_report._save
 
   def save(fig, out_dir, name, written, runs):
     real_save(fig, out_dir, name, written, runs)
     saved[name] = fig
-  monkeypatch.setattr(analyze, "_save", save)
+  monkeypatch.setattr(analyze_report, "_save", save)
   analyze.analyze([wd])
   assert sorted(saved) == sorted(PNGS)
   for name, fig in saved.items():

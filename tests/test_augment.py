@@ -21,9 +21,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from dlpl_jax import augment as A
+from dlpl_jax.augment import show as show_lib
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import pil_reference as R  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks import pil_reference as R
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N_REAL = 16
@@ -340,7 +340,7 @@ def test_views_under_jit_are_nan_for_images_off_the_scale(view):
 ])
 def test_show_command_refuses_bad_arguments(args, message, capsys):
   with pytest.raises(SystemExit) as e:
-    A.main(args)
+    show_lib.main(args)
   assert e.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -357,6 +357,6 @@ def test_views_of_real_images_are_plausible(real_images):
 
 
 def test_show_writes_png(real_images, tmp_path):
-  path = A.show(real_images, jax.random.key(0), tmp_path / "views.png")
+  path = show_lib.show(real_images, jax.random.key(0), tmp_path / "views.png")
   arr = np.asarray(Image.open(path).convert("RGB"))
   assert arr.shape[0] > 200 and arr.shape[1] > 500 and arr.std() > 20

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlpl_jax import bench
-from dlpl_jax import train
+from dlpl_jax.tools import bench
+from dlpl_jax.training import step as train
 from dlpl_jax.errors import UsageError
 from tests import helpers
 
@@ -79,9 +79,9 @@ def test_bfloat16_losses_track_float32():
 
 
 def test_trainer_throughput_script_reports_window_rates(tmp_path):
-  """experiments/trainer_throughput.py (the GPU trainer-rate check) runs end to end."""
+  """benchmarks/trainer_throughput.py (the GPU trainer-rate check) runs end to end."""
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.trainer_throughput",
+      [sys.executable, "-m", "benchmarks.trainer_throughput",
        "--config", "experiments/cifar10_4shot.py:smoke", "--steps", "64",
        "--log_every", "32", "--unlabeled", "200", "--test", "256", "--dtype", "float32",
        "--workdir", str(tmp_path / "w")],

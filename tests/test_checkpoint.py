@@ -10,8 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dlpl_jax import checkpoint as ckpt_lib
-from dlpl_jax.checkpoint import (CheckpointError, CheckpointMismatchError, Checkpointer,
+from dlpl_jax.training import checkpoint as ckpt_lib
+from dlpl_jax.training.checkpoint import (CheckpointError, CheckpointMismatchError, Checkpointer,
                                  NonFiniteStateError)
 
 
@@ -89,7 +89,7 @@ def test_round_trip_and_checksums_file(tmp_path):
 
 
 def test_round_trip_train_state(tmp_path):
-  from dlpl_jax import train  # pylint: disable=g-import-not-at-top
+  from dlpl_jax.training import step as train  # pylint: disable=g-import-not-at-top
   from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
   cfg = small_config()
   state = train.create_train_state(cfg, train.build_model(cfg), (32, 32, 3))

@@ -11,11 +11,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from dlpl_jax import analyze
-from dlpl_jax import compact_data
-from dlpl_jax import convert
+from dlpl_jax.tools import analyze
+from dlpl_jax.tools import compact_data
+from dlpl_jax.tools import convert
 from dlpl_jax import errors
-from dlpl_jax import zeroshot
+from dlpl_jax.data import npz
+from dlpl_jax.tools import zeroshot
 
 
 def _one_error_line(capsys) -> str:
@@ -115,7 +116,7 @@ class TestReadNpz:
     path = tmp_path / "x.npz"
     make(path)
     with pytest.raises(errors.UsageError, match=match) as e:
-      errors.read_npz(str(path))
+      npz.read_npz(str(path))
     assert "allow_pickle" not in str(e.value) and str(path) in str(e.value)
 
   def test_truncated_and_absent(self, tmp_path):
@@ -124,11 +125,11 @@ class TestReadNpz:
     path = tmp_path / "t.npz"
     path.write_bytes(buf.getvalue()[:-100])
     with pytest.raises(errors.UsageError, match="truncated or damaged"):
-      errors.read_npz(str(path))
+      npz.read_npz(str(path))
     with pytest.raises(errors.UsageError, match="cannot read .*absent.npz: No such file"):
-      errors.read_npz(str(tmp_path / "absent.npz"))
+      npz.read_npz(str(tmp_path / "absent.npz"))
     path.write_bytes(buf.getvalue())
-    np.testing.assert_array_equal(errors.read_npz(str(path))["a"], np.arange(1000))
+    np.testing.assert_array_equal(npz.read_npz(str(path))["a"], np.arange(1000))
 
 
 @pytest.mark.parametrize("main, argv, match", [

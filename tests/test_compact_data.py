@@ -8,8 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from dlpl_jax import compact_data as cd
-from dlpl_jax import input_pipeline
+from dlpl_jax.data import compact as cd
+from dlpl_jax.tools import compact_data
+from dlpl_jax.data import in_memory as input_pipeline
 from dlpl_jax.errors import UsageError
 from tests.test_light_install import run_without_extras
 
@@ -124,7 +125,7 @@ def test_loader_needs_no_tensorflow(tmp_path):
   cd.write(path, {"train": (x, y), "test": (x[:20], y[:20])}, "cifar10")
   out = run_without_extras(f"""
       import types
-      from dlpl_jax import input_pipeline
+      from dlpl_jax.data import in_memory as input_pipeline
       c = types.SimpleNamespace(dataset="cifar10", num_classes=10, data_dir={path!r},
                                 labels_per_class=4, labeled_seed=0, eval_examples=0,
                                 in_memory=True, lt=types.SimpleNamespace(enabled=False))
@@ -138,9 +139,9 @@ def test_loader_needs_no_tensorflow(tmp_path):
 
 
 def test_tfds_slices_round_trip_exactly(cifar_dir, tmp_path, capsys):
-  from dlpl_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from dlpl_jax.data import tfds as data_lib  # pylint: disable=import-outside-toplevel
   path = str(tmp_path / "c.npz")
-  assert cd.main(["--out", path, "--data_dir", cifar_dir,
+  assert compact_data.main(["--out", path, "--data_dir", cifar_dir,
                   "--splits", "train[:300],test[:200]"]) == 0
   out = capsys.readouterr().out  # progress: each split's coding starts and ends
   assert "coding train: 300 images" in out and "coded test in" in out
@@ -174,7 +175,7 @@ def _one_error_line(capsys) -> str:
 def test_command_checks_arguments_before_reading(tmp_path, capsys, monkeypatch):
   """Bad arguments and an unusable --out are refused in one line with status 2 before
   any data is read (the coding takes minutes)."""
-  from dlpl_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from dlpl_jax.data import tfds as data_lib  # pylint: disable=import-outside-toplevel
 
   def no_reading(*args):
     raise AssertionError(f"data read before the arguments were checked: {args}")
@@ -194,23 +195,23 @@ def test_command_checks_arguments_before_reading(tmp_path, capsys, monkeypatch):
     ro.mkdir(mode=0o555)
     cases.append((["--out", str(ro / "c.npz")], "cannot write in"))
   for argv, match in cases:
-    assert cd.main(argv) == 2, argv
+    assert compact_data.main(argv) == 2, argv
     assert match in _one_error_line(capsys), argv
   with pytest.raises(SystemExit) as e:
-    cd.main(["--out", str(tmp_path / "c.txt")])
+    compact_data.main(["--out", str(tmp_path / "c.txt")])
   assert e.value.code == 2 and "--out must end in .npz" in _one_error_line(capsys)
   assert sorted(os.listdir(tmp_path)) == ["afile", "dir.npz"] + (
       ["ro"] if os.geteuid() != 0 else [])
 
 
 def test_dataset_not_prepared_is_one_line(tmp_path, capsys):
-  assert cd.main(["--out", str(tmp_path / "c.npz"), "--dataset", "foo",
+  assert compact_data.main(["--out", str(tmp_path / "c.npz"), "--dataset", "foo",
                   "--data_dir", str(tmp_path)]) == 2
   assert "TFDS dataset 'foo' is not prepared" in _one_error_line(capsys)
 
 
 def test_unknown_split_is_one_line(cifar_dir, tmp_path, capsys):
-  assert cd.main(["--out", str(tmp_path / "c.npz"), "--data_dir", cifar_dir,
+  assert compact_data.main(["--out", str(tmp_path / "c.npz"), "--data_dir", cifar_dir,
                   "--splits", "bogus"]) == 2
   assert "--splits 'bogus': Unknown split 'bogus'" in _one_error_line(capsys)
   assert not os.listdir(tmp_path)

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlpl_jax import convert
+from dlpl_jax.tools import convert
 from dlpl_jax import models
+from dlpl_jax.models import weights
 from tests import helpers
 from tests import torchvision_reference as tv
 
@@ -89,7 +90,7 @@ def test_every_leaf_lands_in_place(sd):
     n_leaves += 1
   # ... and nothing else: the converted tree has exactly the model's leaves.
   assert n_leaves == len(jax.tree_util.tree_leaves(conv.variables))
-  assert convert.check_variables(conv.variables, _model_shapes(10)) == []
+  assert weights.check_variables(conv.variables, _model_shapes(10)) == []
   assert models.param_count(conv.variables["params"]) == tv.num_parameters(sd)
 
 
@@ -171,11 +172,11 @@ def test_moco_checkpoint_backbone_only(sd):
   reference = {"params": {"classifier": {"kernel": jnp.ones((2048, 10)),
                                          "bias": jnp.zeros(10)}}}
   shapes = _model_shapes(10)
-  assert convert.check_variables(conv.variables, shapes) == [
+  assert weights.check_variables(conv.variables, shapes) == [
       "params/classifier/bias", "params/classifier/kernel"]
   full = jax.tree.map(lambda s: jnp.full(s.shape, 7.0, s.dtype), shapes)
   full["params"]["classifier"] = reference["params"]["classifier"]
-  merged = convert.init_variables(full, conv.variables)
+  merged = weights.init_variables(full, conv.variables)
   np.testing.assert_array_equal(merged["params"]["classifier"]["kernel"], 1.0)
   np.testing.assert_array_equal(merged["batch_stats"]["bn1"]["var"],
                                 sd["bn1.running_var"])
@@ -235,10 +236,10 @@ def test_no_stem_found():
 def test_class_count_mismatch_and_drop_fc():
   sd1000 = tv.state_dict(num_classes=1000, seed=2)
   conv = convert.convert_state_dict(sd1000)
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(weights.WeightsError,
                      match=r"params/classifier/bias: shape \(1000,\).*\(10,\).*drop_fc"):
-    convert.check_variables(conv.variables, _model_shapes(10))
-  assert convert.check_variables(convert.drop_classifier(conv.variables),
+    weights.check_variables(conv.variables, _model_shapes(10))
+  assert weights.check_variables(weights.drop_classifier(conv.variables),
                                  _model_shapes(10)) != []
   dropped = convert.convert_state_dict(sd1000, drop_fc=True)
   assert "classifier" not in dropped.variables["params"]
@@ -247,13 +248,13 @@ def test_class_count_mismatch_and_drop_fc():
 def test_check_variables_names_first_mismatch(sd):
   variables = convert.convert_state_dict(sd).variables
   variables["batch_stats"]["layer4_2"]["bn3"]["mean"] = np.zeros(7, np.float32)
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(weights.WeightsError,
                      match=r"batch_stats/layer4_2/bn3/mean: shape \(7,\)"):
-    convert.check_variables(variables, _model_shapes(10))
+    weights.check_variables(variables, _model_shapes(10))
   del variables["batch_stats"]["layer4_2"]["bn3"]["mean"]
-  with pytest.raises(convert.ConversionError, match="batch_stats/layer4_2/bn3/mean: "
+  with pytest.raises(weights.WeightsError, match="batch_stats/layer4_2/bn3/mean: "
                      "the model has it"):
-    convert.check_variables(variables, _model_shapes(10))
+    weights.check_variables(variables, _model_shapes(10))
 
 
 def test_save_load_and_command(sd, tmp_path):
@@ -261,14 +262,14 @@ def test_save_load_and_command(sd, tmp_path):
   np.savez(npz, **{f"module.encoder_q.{k}": v for k, v in sd.items()})
   out = tmp_path / "resnet50_init.msgpack"
   assert convert.main(["--pth", str(npz), "--out", str(out)]) == 0
-  loaded = convert.load_variables(str(out))
+  loaded = weights.load_variables(str(out))
   want = convert.convert_state_dict(sd).variables
   jax.tree.map(np.testing.assert_array_equal, loaded, want)
   (tmp_path / "junk.msgpack").write_bytes(b"not msgpack at all")
-  with pytest.raises(convert.ConversionError, match="not a flax msgpack file"):
-    convert.load_variables(str(tmp_path / "junk.msgpack"))
-  with pytest.raises(convert.ConversionError, match="cannot read"):
-    convert.load_variables(str(tmp_path / "absent.msgpack"))
+  with pytest.raises(weights.WeightsError, match="not a flax msgpack file"):
+    weights.load_variables(str(tmp_path / "junk.msgpack"))
+  with pytest.raises(weights.WeightsError, match="cannot read"):
+    weights.load_variables(str(tmp_path / "absent.msgpack"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
@@ -312,5 +313,5 @@ def test_command_checks_out_first_and_leaves_no_temporary_file(tmp_path, capsys)
   # A write that fails at the rename leaves no temporary file behind.
   variables = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}}
   with pytest.raises(IsADirectoryError):
-    convert.save_variables(variables, str(outdir))
+    weights.save_variables(variables, str(outdir))
   assert not os.path.exists(f"{outdir}.tmp")

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from dlpl_jax import data
+from dlpl_jax.data import splits
+from dlpl_jax.data import tfds as data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REAL_DATA_DIR = os.environ.get(data.TFDS_ENV) or str(
@@ -22,68 +23,68 @@ def _labels(per_class=(50,) * 10, seed=0):
 
 
 def test_class_counts():
-  np.testing.assert_array_equal(data.class_counts([0, 2, 2, 3], 5), [1, 0, 2, 1, 0])
+  np.testing.assert_array_equal(splits.class_counts([0, 2, 2, 3], 5), [1, 0, 2, 1, 0])
   with pytest.raises(ValueError):
-    data.class_counts([0, 5], 5)
+    splits.class_counts([0, 5], 5)
 
 
 def test_labeled_indices():
   labels = _labels()
-  idx = data.labeled_indices(labels, 4, seed=1)
+  idx = splits.labeled_indices(labels, 4, seed=1)
   assert idx.size == 40 and np.unique(idx).size == 40
   np.testing.assert_array_equal(np.bincount(labels[idx], minlength=10), [4] * 10)
-  np.testing.assert_array_equal(idx, data.labeled_indices(labels, 4, seed=1))
-  assert not np.array_equal(idx, data.labeled_indices(labels, 4, seed=2))
+  np.testing.assert_array_equal(idx, splits.labeled_indices(labels, 4, seed=1))
+  assert not np.array_equal(idx, splits.labeled_indices(labels, 4, seed=2))
   with pytest.raises(ValueError, match="class 3"):
-    data.labeled_indices(_labels((50, 50, 50, 3)), 4, seed=0)
+    splits.labeled_indices(_labels((50, 50, 50, 3)), 4, seed=0)
 
 
 def test_labeled_indices_num_classes():
   # An absent class is only noticed when num_classes says it should exist.
   labels = _labels((5, 5, 5))
-  assert data.labeled_indices(labels, 2, seed=0).size == 6
+  assert splits.labeled_indices(labels, 2, seed=0).size == 6
   with pytest.raises(ValueError, match="class 3"):
-    data.labeled_indices(labels, 2, seed=0, num_classes=4)
+    splits.labeled_indices(labels, 2, seed=0, num_classes=4)
 
 
 def test_long_tailed_counts_hand_computed():
   # mu = 0.01 ** (1/9) = 0.599484...; n_k = floor(n_max * mu**k), last = n_max / 100.
-  assert data.long_tailed_counts(1500, 100, 10) == [
+  assert splits.long_tailed_counts(1500, 100, 10) == [
       1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
-  assert data.long_tailed_counts(3000, 100, 10) == [
+  assert splits.long_tailed_counts(3000, 100, 10) == [
       3000, 1798, 1078, 646, 387, 232, 139, 83, 50, 30]
-  assert data.long_tailed_counts(500, 1, 4) == [500] * 4
+  assert splits.long_tailed_counts(500, 1, 4) == [500] * 4
   with pytest.raises(ValueError):
-    data.long_tailed_counts(100, 0.5, 10)
+    splits.long_tailed_counts(100, 0.5, 10)
 
 
 @pytest.mark.parametrize("profile", ["long_tailed", "reversed", "balanced"])
 def test_split_lt(profile):
   labels = _labels((400,) * 10)
-  lab, unl = data.split_lt(labels, 150, 200, 10, seed=0, unlabeled_profile=profile)
+  lab, unl = splits.split_lt(labels, 150, 200, 10, seed=0, unlabeled_profile=profile)
   assert np.intersect1d(lab, unl).size == 0
   assert np.unique(lab).size == lab.size and np.unique(unl).size == unl.size
-  lt_lab = data.long_tailed_counts(150, 10, 10)
-  lt_unl = data.long_tailed_counts(200, 10, 10)
+  lt_lab = splits.long_tailed_counts(150, 10, 10)
+  lt_unl = splits.long_tailed_counts(200, 10, 10)
   expected_unl = {"long_tailed": lt_unl, "reversed": lt_unl[::-1],
                   "balanced": [200] * 10}[profile]
-  np.testing.assert_array_equal(data.class_counts(labels[lab], 10), lt_lab)
-  np.testing.assert_array_equal(data.class_counts(labels[unl], 10), expected_unl)
-  lab2, unl2 = data.split_lt(labels, 150, 200, 10, seed=0, unlabeled_profile=profile)
+  np.testing.assert_array_equal(splits.class_counts(labels[lab], 10), lt_lab)
+  np.testing.assert_array_equal(splits.class_counts(labels[unl], 10), expected_unl)
+  lab2, unl2 = splits.split_lt(labels, 150, 200, 10, seed=0, unlabeled_profile=profile)
   np.testing.assert_array_equal(lab, lab2)
   np.testing.assert_array_equal(unl, unl2)
 
 
 def test_split_lt_reversed_is_mirror_and_errors():
   labels = _labels((400,) * 10)
-  _, fwd = data.split_lt(labels, 100, 300, 100, seed=3)
-  _, rev = data.split_lt(labels, 100, 300, 100, seed=3, unlabeled_profile="reversed")
-  np.testing.assert_array_equal(data.class_counts(labels[rev], 10),
-                                data.class_counts(labels[fwd], 10)[::-1])
+  _, fwd = splits.split_lt(labels, 100, 300, 100, seed=3)
+  _, rev = splits.split_lt(labels, 100, 300, 100, seed=3, unlabeled_profile="reversed")
+  np.testing.assert_array_equal(splits.class_counts(labels[rev], 10),
+                                splits.class_counts(labels[fwd], 10)[::-1])
   with pytest.raises(ValueError, match="class 0"):  # 150 + 300 > 400
-    data.split_lt(labels, 150, 300, 100, seed=0)
+    splits.split_lt(labels, 150, 300, 100, seed=0)
   with pytest.raises(ValueError, match="unlabeled_profile"):
-    data.split_lt(labels, 10, 10, 10, seed=0, unlabeled_profile="uniform")
+    splits.split_lt(labels, 10, 10, 10, seed=0, unlabeled_profile="uniform")
 
 
 def test_missing_data_fails_fast(tmp_path):
@@ -120,7 +121,7 @@ def test_real_cifar10():
   images, labels = data.load_split("cifar10", "test", data_dir=REAL_DATA_DIR)
   assert images.shape == (10000, 32, 32, 3) and images.dtype == np.uint8
   assert labels.shape == (10000,) and labels.dtype == np.int32
-  np.testing.assert_array_equal(data.class_counts(labels, 10), [1000] * 10)
+  np.testing.assert_array_equal(splits.class_counts(labels, 10), [1000] * 10)
 
   batches = data.stream("cifar10", "test", 16, seed=0, data_dir=REAL_DATA_DIR)
   batch = next(batches)

@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from dlpl_jax import checkpoint
+from dlpl_jax.training import checkpoint
 from dlpl_jax import configs
-from dlpl_jax import metrics as metrics_lib
-from dlpl_jax import train
-from dlpl_jax import trainer
-from dlpl_jax import workdir as workdir_lib
+from dlpl_jax.training import metrics as metrics_lib
+from dlpl_jax.training import step as train
+from dlpl_jax.training import loop as trainer
+from dlpl_jax.training import workdir as workdir_lib
 from dlpl_jax.errors import UsageError
 from tests.test_train import DATA, tiny_config
 

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from dlpl_jax import configs
-from dlpl_jax import imagenet
+from dlpl_jax.data import imagenet
+from dlpl_jax.data import splits
 from dlpl_jax import multiview
-from dlpl_jax import train
+from dlpl_jax.training import step as train
 from dlpl_jax.errors import UsageError
 from tests import imagenet_fake
 
@@ -59,14 +60,14 @@ class TestSplits:
 
   def test_draw_fraction_counts_and_seed(self):
     labels = np.repeat(np.arange(4), [5, 12, 13, 8])
-    a = imagenet.draw_fraction(labels, 0.2, seed=3, num_classes=4)
+    a = splits.draw_fraction(labels, 0.2, seed=3, num_classes=4)
     np.testing.assert_array_equal(np.bincount(labels[a], minlength=4), [1, 2, 3, 2])
-    np.testing.assert_array_equal(a, imagenet.draw_fraction(labels, 0.2, 3, 4))
-    assert not np.array_equal(a, imagenet.draw_fraction(labels, 0.2, 4, 4))
+    np.testing.assert_array_equal(a, splits.draw_fraction(labels, 0.2, 3, 4))
+    assert not np.array_equal(a, splits.draw_fraction(labels, 0.2, 4, 4))
 
   def test_draw_fraction_refuses_an_empty_class(self):
     with pytest.raises(ValueError, match="class 2 has no image"):
-      imagenet.draw_fraction([0, 1, 3], 0.2, 0, 4)
+      splits.draw_fraction([0, 1, 3], 0.2, 0, 4)
 
   def test_imagefolder_order_sorts_by_class_then_name(self):
     names = ["n2_b.JPEG", "n1_z.JPEG", "n2_a.JPEG", "n1_c.JPEG"]
@@ -240,7 +241,7 @@ def _init_file(c, path):
 
 
 def test_trainer_imagenet_smoke_resumes_without_the_init_file(fake_dir, tmp_path):
-  from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
+  from dlpl_jax.training import loop as trainer  # pylint: disable=g-import-not-at-top
   c = _config(data_dir=fake_dir)
   _init_file(c, tmp_path / "init.npz")
   c.init_checkpoint = str(tmp_path / "init.npz")
@@ -306,7 +307,7 @@ def test_command_line_smoke_runs(fake_dir, tmp_path):
 
 
 def test_bench_runs_the_views_step_and_reports_an_epoch():
-  from dlpl_jax import bench  # pylint: disable=g-import-not-at-top
+  from dlpl_jax.tools import bench  # pylint: disable=g-import-not-at-top
   c = _config()  # no data read: synthetic views at the crop size
   r = bench.run_benchmark(c, steps=2, warmup=0, eval_steps=2, steps_per_epoch=10)
   assert (r["model"], r["num_views"], r["images_per_step"]) == ("cnn_small", 2, 4 + 2 * 2 * 8)
@@ -328,7 +329,8 @@ jax.config.update("jax_num_cpu_devices", 1)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                            process_id=pid, heartbeat_timeout_seconds=20)
-from dlpl_jax import configs, trainer
+from dlpl_jax import configs
+from dlpl_jax.training import loop as trainer
 c = configs.load_config_file("experiments/imagenet_1pct.py:smoke")
 c.data_dir = data_dir
 s = trainer.train_and_evaluate(c, workdir)
@@ -361,7 +363,7 @@ def test_two_processes_read_disjoint_parts_and_evaluate_every_image_once(fake_di
   for r in evals:
     assert sum(r["eval/predicted"]) == 40
   # The last evaluation, redone in one process on the restored checkpoint.
-  from dlpl_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from dlpl_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
   c = _config(data_dir=fake_dir)
   model = train.build_model(c)
   template = train.create_train_state(c, model, (c.imagenet.crop_size,) * 2 + (3,),

@@ -166,8 +166,9 @@ class TestAdaptiveMargin:
 
 def test_import_does_not_pull_tensorflow():
   code = ("import sys, dlpl_jax.loss, dlpl_jax.pseudo_label, dlpl_jax, dlpl_jax.augment,"
-          "dlpl_jax.models, dlpl_jax.train, dlpl_jax.trainer, dlpl_jax.bench,"
-          "dlpl_jax.input_pipeline, dlpl_jax.metrics, dlpl_jax.analyze;"
+          "dlpl_jax.models, dlpl_jax.training.step, dlpl_jax.training.loop,"
+          "dlpl_jax.tools.bench, dlpl_jax.data.in_memory, dlpl_jax.training.metrics,"
+          "dlpl_jax.tools.analyze;"
           "bad = [m for m in sys.modules if m.startswith(('tensorflow', 'tensorflow_datasets'))];"
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)

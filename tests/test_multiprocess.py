@@ -30,9 +30,9 @@ import jax
 import numpy as np
 import pytest
 
-from dlpl_jax import checkpoint
+from dlpl_jax.training import checkpoint
 from dlpl_jax import configs
-from dlpl_jax import train
+from dlpl_jax.training import step as train
 from tests.test_train import DATA, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ WORKER = textwrap.dedent("""
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
       jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=n,
                                  process_id=pid, heartbeat_timeout_seconds=20)
-    from dlpl_jax import trainer
+    from dlpl_jax.training import loop as trainer
     from tests.test_train import DATA, tiny_config
     s = trainer.train_and_evaluate(tiny_config(), workdir, data=DATA)
     print("SUMMARY", s["step"], s["final_top1"], flush=True)
@@ -285,7 +285,8 @@ STREAM_WORKER = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                                process_id=pid, heartbeat_timeout_seconds=20)
-    from dlpl_jax import configs, trainer
+    from dlpl_jax import configs
+from dlpl_jax.training import loop as trainer
     c = configs.load_config_file("experiments/cifar10_4shot.py:smoke")
     c.in_memory, c.batch_size, c.mu = False, 100, 5  # 250 images per process and step
     it = trainer.unlabeled_stream(c, step=0)

@@ -15,13 +15,13 @@ import optax
 import pytest
 
 from dlpl_jax import augment
-from dlpl_jax import checkpoint
+from dlpl_jax.training import checkpoint
 from dlpl_jax import configs
-from dlpl_jax import input_pipeline
+from dlpl_jax.data import in_memory as input_pipeline
 from dlpl_jax import loss as loss_lib
 from dlpl_jax import multiview
 from dlpl_jax import pseudo_label
-from dlpl_jax import train
+from dlpl_jax.training import step as train
 from dlpl_jax.errors import UsageError
 from tests import helpers
 
@@ -514,7 +514,7 @@ def test_options_off_step_is_bit_identical_to_before():
 
 @pytest.mark.slow  # three short trainer runs (~35 s on a CPU)
 def test_trainer_with_every_option_resumes_to_the_uninterrupted_state(tmp_path):
-  from dlpl_jax import trainer  # pylint: disable=g-import-not-at-top
+  from dlpl_jax.training import loop as trainer  # pylint: disable=g-import-not-at-top
   c0 = tiny()
   fresh = train.create_train_state(c0, train.build_model(c0), SHAPE)
   np.savez(tmp_path / "init.npz",

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from dlpl_jax import configs
-from dlpl_jax import input_pipeline
-from dlpl_jax import train
-from dlpl_jax import trainer
+from dlpl_jax.data import in_memory as input_pipeline
+from dlpl_jax.training import step as train
+from dlpl_jax.training import loop as trainer
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +88,7 @@ def test_resume_gives_identical_state(tmp_path):
   assert not s_rest["interrupted"] and s_rest["step"] == 4
   model = train.build_model(c)
   template = train.create_train_state(c, model, DATA.x_l.shape[1:])
-  from dlpl_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from dlpl_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
   full, step_f = checkpoint.Checkpointer(str(tmp_path / "full"), 2, 3).restore_latest(template)
   part, step_p = checkpoint.Checkpointer(str(tmp_path / "part"), 2, 3).restore_latest(template)
   assert step_f == step_p == 4
@@ -115,7 +115,7 @@ def test_two_devices_equal_one_device():
       import os
       os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
       import jax, numpy as np
-      from dlpl_jax import input_pipeline, train
+      from dlpl_jax.data import in_memory as input_pipeline, train
       from tests.test_train import tiny_config
       assert len(jax.devices()) == 2, jax.devices()
       c = tiny_config(batch_size=4, mu=2)

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from dlpl_jax import zeroshot
+from dlpl_jax.data import clip_labels
+from dlpl_jax.tools import zeroshot
 from dlpl_jax.errors import UsageError
 from tests import helpers
 
@@ -51,7 +52,7 @@ def test_debiasing_removes_a_known_prior():
 
 def test_set_marginal_is_mean_softmax_across_chunks(monkeypatch):
   logits, _, _ = _synthetic()
-  monkeypatch.setattr(zeroshot, "_CHUNK", 333)  # uneven chunks
+  monkeypatch.setattr(clip_labels, "_CHUNK", 333)  # uneven chunks
   p = np.exp(logits - logits.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
   np.testing.assert_allclose(zeroshot.set_marginal(logits), p.mean(0), rtol=1e-5)
@@ -72,17 +73,17 @@ def test_share_stats_by_hand():
 def test_read_csv(tmp_path):
   path = tmp_path / "CLIPPseudoLabel0.95.csv"
   path.write_text(",Index,PseudoLabel,Probs\n0,12,3,0.97\n1,5,0,0.991\n2,7,3,0.5\n")
-  zs = zeroshot.read_csv(str(path), num_classes=5)
+  zs = clip_labels.read_csv(str(path), num_classes=5)
   np.testing.assert_array_equal(zs.index, [12, 5, 7])
   np.testing.assert_array_equal(zs.pseudo_labels, [3, 0, 3])
   np.testing.assert_allclose(zs.confidence, [0.97, 0.991, 0.5])
   assert zs.logits is None and zs.labels is None
-  split = zeroshot.split_by_confidence(zs.pseudo_labels, zs.confidence)
+  split = clip_labels.split_by_confidence(zs.pseudo_labels, zs.confidence)
   np.testing.assert_array_equal(zs.index[split.labeled], [12, 5])
   # write_csv writes what read_csv reads.
   back = tmp_path / "back.csv"
-  zeroshot.write_csv(str(back), zs.index, zs.pseudo_labels, zs.confidence)
-  again = zeroshot.read_csv(str(back))
+  clip_labels.write_csv(str(back), zs.index, zs.pseudo_labels, zs.confidence)
+  again = clip_labels.read_csv(str(back))
   np.testing.assert_array_equal(again.index, zs.index)
   np.testing.assert_allclose(again.confidence, zs.confidence, rtol=1e-6)
 
@@ -111,7 +112,7 @@ def test_read_csv_refuses_bad_input(tmp_path, text, match):
   path = tmp_path / "bad.csv"
   path.write_text(text)
   with pytest.raises(UsageError, match=match) as e:
-    zeroshot.read_csv(str(path), num_classes=5)
+    clip_labels.read_csv(str(path), num_classes=5)
   assert "\n" not in str(e.value)
 
 
@@ -129,19 +130,19 @@ def test_read_npz_refuses_bad_input(tmp_path, arrays, match):
   path = tmp_path / "bad.npz"
   np.savez(path, **arrays)
   with pytest.raises(UsageError, match=match):
-    zeroshot.read_npz(str(path))
+    clip_labels.read_npz(str(path))
 
 
 def test_split_top_k_per_class():
   pred = np.array([0, 0, 0, 1, 1, 2])
   conf = np.array([0.5, 0.9, 0.7, 0.99, 0.2, 0.96])
-  s = zeroshot.split_by_confidence(pred, conf, threshold=None, top_k_per_class=2)
+  s = clip_labels.split_by_confidence(pred, conf, threshold=None, top_k_per_class=2)
   np.testing.assert_array_equal(s.labeled, [1, 2, 3, 4, 5])
-  s = zeroshot.split_by_confidence(pred, conf, threshold=0.95, top_k_per_class=2)
+  s = clip_labels.split_by_confidence(pred, conf, threshold=0.95, top_k_per_class=2)
   np.testing.assert_array_equal(s.labeled, [3, 5])
   np.testing.assert_array_equal(s.unlabeled, [0, 1, 2, 4])
   with pytest.raises(UsageError, match="threshold must lie"):
-    zeroshot.split_by_confidence(pred, conf, threshold=1.5)
+    clip_labels.split_by_confidence(pred, conf, threshold=1.5)
 
 
 def test_command(tmp_path, capsys):
@@ -158,8 +159,8 @@ def test_command(tmp_path, capsys):
   assert summary["after"]["1"]["kl_to_uniform"] < summary["before"]["kl_to_uniform"]
   assert set(summary["after"]) == {"1", "0.4"}
   assert (out / "zeroshot_bias.png").stat().st_size > 10_000
-  labeled = zeroshot.read_csv(str(out / "pseudo_labeled.csv"), C)
-  unlabeled = zeroshot.read_csv(str(out / "unlabeled.csv"), C)
+  labeled = clip_labels.read_csv(str(out / "pseudo_labeled.csv"), C)
+  unlabeled = clip_labels.read_csv(str(out / "unlabeled.csv"), C)
   assert len(labeled.index) + len(unlabeled.index) == len(labels)
   assert len(labeled.index) == summary["split"]["pseudo_labeled"]
   assert labeled.confidence.min() >= 0.5 > unlabeled.confidence.max()
@@ -174,11 +175,11 @@ def test_read_csv_encodings(tmp_path):
   """A UTF-8 byte-order mark is read; a byte that is not UTF-8 is one line."""
   bom = tmp_path / "bom.csv"
   bom.write_bytes("\ufeffIndex,PseudoLabel,Probs\n4,1,0.9\n".encode("utf-8"))
-  np.testing.assert_array_equal(zeroshot.read_csv(str(bom), 5).index, [4])
+  np.testing.assert_array_equal(clip_labels.read_csv(str(bom), 5).index, [4])
   latin = tmp_path / "latin.csv"
   latin.write_bytes(b"Index,PseudoLabel,Probs,Name\n4,1,0.9,caf\xe9\n")
   with pytest.raises(UsageError, match=r"latin.csv is not UTF-8 text \(byte 0xe9"):
-    zeroshot.read_csv(str(latin))
+    clip_labels.read_csv(str(latin))
 
 
 def _save_npy(path, array):
@@ -199,7 +200,7 @@ def test_read_npz_refuses_bad_files(tmp_path, make, match):
   path = tmp_path / "bad.npz"
   make(path)
   with pytest.raises(UsageError, match=match) as e:
-    zeroshot.read_npz(str(path))
+    clip_labels.read_npz(str(path))
   assert "allow_pickle" not in str(e.value) and "\n" not in str(e.value)
 
 

@@ -1,0 +1,1 @@
+"""Data: TFDS reading, the labeled / unlabeled splits, the compact copy, ImageNet, CLIP labels."""

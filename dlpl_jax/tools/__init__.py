@@ -1,0 +1,1 @@
+"""Commands built on the library: analysis, benchmark, zero-shot debiasing, converters."""
