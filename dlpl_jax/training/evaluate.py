@@ -104,7 +104,7 @@ def summarize(sums: list[dict]) -> dict:
   total = jax.device_get(total)
   count = np.maximum(total["count"], 1)
   return {
-      "eval/top1": float(100.0 * total["correct"].sum() / count.sum()),
+      "eval/top1": float(100.0 * total["correct"].sum() / max(total["count"].sum(), 1)),
       "eval/per_class": np.where(total["count"] > 0, 100.0 * total["correct"] / count,
                                  np.nan).tolist(),
       "eval/predicted": total["predicted"].astype(int).tolist(),
