@@ -1,10 +1,10 @@
 """dlpl_jax: DebiasPL (CVPR 2022) on FixMatch, in JAX/Flax.
 
-The pure math is re-exported here; the rest lives in submodules (``dlpl_jax.augment``,
-``dlpl_jax.models``, ``dlpl_jax.train``, ...). Importing the package does not import
-TensorFlow. TensorFlow is imported only on use: by ``dlpl_jax.data`` and
-``dlpl_jax.imagenet`` when they read a dataset, by the TensorBoard writer of
-``dlpl_jax.metrics``, and by ``python -m dlpl_jax.augment --show`` (real images).
+The pure math is re-exported here; the rest lives in subpackages: ``augment``,
+``models``, ``data``, ``training``, ``tools`` (docs/ARCHITECTURE.md). Importing the
+package does not import TensorFlow: ``dlpl_jax.data.tfds`` and ``dlpl_jax.data.imagenet``
+import it when they read a dataset, the TensorBoard writer of
+``dlpl_jax.training.metrics`` when it writes, and ``python -m dlpl_jax.augment --show``.
 """
 
 from dlpl_jax import loss

@@ -94,7 +94,7 @@ def get_base_config() -> "ml_collections.ConfigDict":
   c.weight_decay_all = False     # True: decay every parameter (BN scales, biases), as
                                  # torch.optim.SGD(model.parameters(), weight_decay=...)
   c.init_checkpoint = ""         # initial {params, batch_stats}: a .msgpack written by
-                                 # python -m dlpl_jax.convert, or an .npz; "" = random init
+                                 # dlpl-convert, or an .npz; "" = random init
   # --- evaluation, logging, checkpoints -----------------------------------------------
   c.eval_every = 1024            # FixMatch evaluates every 2^16 images = 1024 steps
   c.eval_batch_size = 1000
@@ -124,7 +124,7 @@ def get_imagenet_config() -> "ml_collections.ConfigDict":
   c.dataset = "imagenet2012"
   c.num_classes = 1000
   c.in_memory = False
-  c.input = "imagenet"           # the ImageNet input path (dlpl_jax/imagenet.py)
+  c.input = "imagenet"           # the ImageNet input (dlpl_jax/data/imagenet.py)
   c.eval_params = "student"      # the official code evaluates the student
   c.model = "resnet50"
   c.dtype = "bfloat16"
@@ -147,7 +147,7 @@ def get_imagenet_config() -> "ml_collections.ConfigDict":
   c.eval_batch_size = 256
   c.log_every = 100
   c.imagenet = ml_collections.ConfigDict()
-  c.imagenet.split = "1pct"            # 1pct | 0p2pct | clip (dlpl_jax/imagenet.py)
+  c.imagenet.split = "1pct"            # 1pct | 0p2pct | clip (dlpl_jax/data/imagenet.py)
   c.imagenet.train_name = "imagenet2012"
   c.imagenet.subset_name = "imagenet2012_subset/1pct"
   c.imagenet.subset_fraction = 0.2     # 0p2pct: per class round(0.2 n_c) of the 1% subset

@@ -91,7 +91,7 @@ def default_workdir(argv: list[str]) -> str:
 
 
 def _fail(e: Exception, code: int) -> None:
-  print(f"[dlpl_jax] error: {e}", file=sys.stderr, flush=True)
+  errors.report(e, code)
   if _multiprocess():
     # Skip jax.distributed's exit barrier: it would hold this process until the others
     # finish or its shutdown timeout (300 s) ends, while they wait for this one in their

@@ -12,9 +12,9 @@ float32 blend and truncation of ``Image.blend``, the 3x3 SMOOTH filter with copi
 border, ``ImageOps.equalize``'s integer LUT, ``autocontrast``'s double-precision LUT via
 a small table of the entries where float64 rounding lands one below the exact value).
 ``strong`` with the parameters of :func:`sample_strong_params` equals Pillow applied
-with the same parameters, pixel for pixel (``tests/test_augment.py`` checks it on real
-CIFAR-10). The single-image op functions that take a float magnitude (``rotate``,
-``shear_x``, ...) compute their fixed-point matrix in float32, which can move a sample
+with the same parameters, pixel for pixel (``tests/augment/test_randaugment.py`` checks
+it on real CIFAR-10). The single-image op functions that take a float magnitude
+(``rotate``, ``shear_x``, ...) compute their fixed-point matrix in float32, which can move a sample
 by one fixed-point unit relative to Pillow's double: a rare single-pixel difference.
 
 Shapes: "image" below means float32 ``[H, W, 3]`` holding integers in [0, 255];

@@ -113,12 +113,6 @@ def _blocks(a: np.ndarray) -> np.ndarray:
   return a.reshape(n, h // 8, 8, w // 8, 8).transpose(0, 1, 3, 2, 4)
 
 
-def _unblocks(b: np.ndarray) -> np.ndarray:
-  """``[N, H/8, W/8, 8, 8]`` -> ``[N, H, W]``."""
-  n, bh, bw = b.shape[:3]
-  return b.transpose(0, 1, 3, 2, 4).reshape(n, bh * 8, bw * 8)
-
-
 def coefficients(images: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, ...]:
   """Quantized JPEG-style DCT coefficients of uint8 RGB images (the encoder's half).
 

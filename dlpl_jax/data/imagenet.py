@@ -13,7 +13,7 @@ labeled set of each ``imagenet.split``:
   (:func:`dlpl_jax.data.splits.draw_fraction`): the rule of the official code's random split (its
   ``x_u_split``) applied to the 1% subset, so the 0.2% images are a subset of the 1%
   ones. The official runs read a fixed index list (``train_0.2p_index.csv``), which is
-  not distributed with its code and not available here.
+  not distributed with its code.
 * ``clip``: the images CLIP labels confidently (a ``zero-shot`` file read by
   :mod:`dlpl_jax.data.clip_labels`), with CLIP's labels as their targets.
 
@@ -56,8 +56,6 @@ from dlpl_jax.data import tfds as tfds_lib
 from dlpl_jax.errors import UsageError
 
 SPLITS = ("1pct", "0p2pct", "clip")
-TRAIN_NAME = "imagenet2012"
-SUBSET_NAME = "imagenet2012_subset/1pct"
 
 
 @dataclasses.dataclass(frozen=True)

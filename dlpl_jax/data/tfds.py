@@ -1,10 +1,11 @@
-"""TFDS datasets as numpy arrays and tf.data streams, offline only.
+"""TFDS datasets as numpy arrays and tf.data streams.
 
 Importing this module does not import TensorFlow; ``load_split`` and ``stream`` import
-``tensorflow_datasets`` when called. No code path downloads anything: a dataset must
-already be prepared under the TFDS data directory (``data_dir`` argument, else the
+``tensorflow_datasets`` when called. Reading never downloads: a dataset must already be
+prepared under the TFDS data directory (``data_dir`` argument, else the
 ``TFDS_DATA_DIR`` environment variable, else ``~/tensorflow_datasets``), otherwise a
-``FileNotFoundError`` says where it looked and how to fix it. A prepared dataset whose
+``FileNotFoundError`` says where it looked and how to fix it; :func:`prepare` (the one
+function that downloads, for notebooks) prepares it with TFDS. A prepared dataset whose
 files are damaged (a truncated or corrupted TFRecord shard, a missing shard, an
 unreadable ``dataset_info.json``) raises ``DataError`` (a ``UsageError``, so a
 ``ValueError``) whose one-line message names the file, the data directory and how to

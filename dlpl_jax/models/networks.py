@@ -165,7 +165,7 @@ class WideResNet(nn.Module):
   reach a BatchNorm through linear operations only and are removed there, so both
   ports leave them out. Width 1 alone would add a fourth difference (kekmodel
   ignores ``activate_before_residual`` when the first group keeps 16 channels).
-  ``tests/test_models.py`` pins the three points.
+  ``tests/models/test_networks.py`` pins the three points.
   """
   depth: int = 28
   width: int = 2

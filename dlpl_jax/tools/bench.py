@@ -1,12 +1,12 @@
-"""``dlpl-bench``: the speed of the train step and of evaluation, without TensorFlow.
+"""Times the train step and evaluation of a config: the dlpl-bench command (make bench).
 
-  dlpl-bench --config=experiments/cifar10_4shot.py [--steps N] [--warmup N]
-      [--steps_per_epoch N] [--json out.json] [--config.dtype=bfloat16 ...]
+  dlpl-bench --config=FILE[:VARIANT] [--steps N] [--warmup N] [--steps_per_epoch N]
+      [--json out.json] [--config.KEY=VALUE ...]
 
-The trainer's own set-up (:mod:`dlpl_jax.training.setup`: the state, the input stage and
-the jitted step, data parallel over every device) on synthetic uint8 data of the
-config's shapes, so the timed step includes what a real step does: the on-device batch
-draw and augmentation, forward/backward, SGD, the EMA and the marginal. ImageNet
+It runs the trainer's own set-up (the state, the input stage and the jitted step, data
+parallel over every device) on synthetic uint8 data of the config's shapes, so the
+timed step does what a real step does: the on-device batch draw and augmentation,
+forward/backward, SGD, the EMA and the marginal. No TensorFlow, no dataset. ImageNet
 configs get synthetic host-made crops at the crop size, put on the devices every step as
 the trainer does (the host's decoding and cropping are not included).
 

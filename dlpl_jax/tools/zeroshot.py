@@ -315,7 +315,7 @@ def run(logits_path: str, taus=(DEFAULT_TAU,), out: str | None = None,
 
 def main(argv=None) -> int:
   parser = errors.ArgumentParser(
-      prog="python -m dlpl_jax.zeroshot",
+      prog="dlpl-zeroshot",
       description="Debias zero-shot (CLIP) predictions with the class marginal of "
       "the set itself, without training, and report the bias before and after.")
   parser.add_argument("--logits", required=True,

@@ -187,8 +187,8 @@ def check_devices(spec: Spec, mesh, allow_cpu: bool, log: Callable[[str], None])
          f"{est[1]:.1f} h on one H100 in bfloat16, but about {est[0] / 24:,.0f} days on "
          "this CPU-only host (scaled from a step measured on 2 vCPUs"
          + ("; the H100 figure from an assumed 3,000 images/s" if name == "resnet50"
-            else "") + "). It needs a GPU/TPU. Here, try the one-minute smoke run (make "
-         "train CONFIG=experiments/cifar10_4shot.py:smoke) or the CPU study (make study)")
+            else "") + "). It needs a GPU/TPU. On a CPU, try the smoke run (make train "
+         "CONFIG=experiments/cifar10_4shot.py:smoke) or the CPU study (make study)")
   if not allow_cpu:
     raise UsageError(msg + "; --allow_cpu starts it anyway")
   log("note: " + msg)
