@@ -1,9 +1,16 @@
 # dlpl_jax — two commands do all the set-up:
 #   make train   [CONFIG=experiments/cifar10_4shot.py] [WORKDIR=runs/NAME] [ARGS="--config.x=y"]
-#   make test    (fast suite; `make test-slow` adds the slow marker)
+#   make test    (unit and small integration tests; `make test-e2e`: the end-to-end tier)
 # On a GPU host the venv gets jax[cuda12] automatically; ACCEL=cpu|cuda12|cuda13|tpu overrides.
-# Data discovery, the XLA:CPU flag and TensorFlow's log level are set by the package itself
-# (dlpl_jax/host.py), the same for `make` and `python -m dlpl_jax.main`.
+# The XLA:CPU flag and TensorFlow's log level are set by the package itself
+# (dlpl_jax/host.py), the same for `make` and `python -m dlpl_jax.main`. The data follows
+# TFDS: TFDS_DATA_DIR, else ~/tensorflow_datasets; a prepared copy in
+# ../shared/tensorflow_datasets serves when TFDS_DATA_DIR is unset.
+ifeq ($(TFDS_DATA_DIR),)
+ifneq ($(wildcard ../shared/tensorflow_datasets),)
+export TFDS_DATA_DIR := $(abspath ../shared/tensorflow_datasets)
+endif
+endif
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ,      := ,
@@ -24,15 +31,14 @@ $(error ACCEL must be cpu, cuda12, cuda13 or tpu, got '$(ACCEL)')
 endif
 STAMP  := $(VENV)/.installed-$(ACCEL)
 
-# `make train` with no CONFIG: the paper's setting on a GPU/TPU; on a CPU-only host, its
-# one-minute smoke variant (the full config needs a GPU/TPU: the trainer says so and
-# refuses it on a CPU unless ARGS=--allow_cpu).
-CONFIG_GIVEN := $(origin CONFIG)
-ifeq ($(CONFIG_GIVEN),undefined)
+# `make train` / `make bench` with no CONFIG: the paper's setting on a GPU/TPU; on a
+# CPU-only host, its smoke variant (the full config needs a GPU/TPU: the trainer says so
+# and refuses it on a CPU unless ARGS=--allow_cpu).
+ifeq ($(origin CONFIG),undefined)
 ifeq ($(ACCEL),cpu)
 CONFIG   := experiments/cifar10_4shot.py:smoke
-CPU_NOTE := CPU-only host: running the one-minute smoke variant. The paper's config, \
-  experiments/cifar10_4shot.py, needs a GPU/TPU (about 3.4 h on one H100, months on a CPU).
+CPU_NOTE := CPU-only host: running the smoke variant. The paper's config \
+  (CONFIG=experiments/cifar10_4shot.py) needs a GPU/TPU; on a CPU it stops at once with its estimated time.
 else
 CONFIG   := experiments/cifar10_4shot.py
 endif
@@ -41,7 +47,7 @@ endif
 WORKDIR ?=
 ARGS    ?=
 
-.PHONY: install train test test-slow bench analyze study study-imbalanced clean
+.PHONY: install train test test-e2e bench analyze study study-imbalanced clean
 
 # (Re)install when the venv is missing or pyproject.toml / the lock changed. A venv made
 # with an unsupported Python, or left by a failed install, is removed first.
@@ -66,13 +72,14 @@ train: $(STAMP)
 	$(PY) -m dlpl_jax.main --config=$(CONFIG) $(if $(WORKDIR),--workdir=$(WORKDIR)) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q tests dlpl_jax --ignore=tests/e2e $(ARGS)
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q tests/e2e $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m dlpl_jax.bench --config=$(if $(filter undefined,$(CONFIG_GIVEN)),experiments/cifar10_4shot.py,$(CONFIG)) $(ARGS)
+	@$(if $(CPU_NOTE),echo "$(CPU_NOTE)")
+	$(PY) -m dlpl_jax.bench --config=$(CONFIG) $(ARGS)
 
 analyze: $(STAMP)
 	@test -n "$(WORKDIR)" || { echo "usage: make analyze WORKDIR=runs/NAME [ARGS=runs/OTHER]" >&2; exit 2; }

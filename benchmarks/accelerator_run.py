@@ -33,7 +33,7 @@ utilization, power and temperature once a second, where nvidia-smi exists) and
 ``python benchmarks/accelerator_run.py --report_only --out DIR`` afterwards).
 
   python benchmarks/accelerator_run.py --out DIR [--budget_s 530] [--steps 8192]
-      [--tiny]   # CPU rehearsal: small CNN, a few steps, same code paths
+      [--tiny]   # a tiny CPU run: small CNN, a few steps, same code paths
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/cifar10_4shot.py"
 AB_VARIANTS = {  # name -> XLA_FLAGS
-    "default": "",  # the trainer as it runs today, with its host time per step
+    "default": "",  # the trainer with default flags, with its host time per step
     "graphs_all": ("--xla_gpu_graph_min_graph_size=1 --xla_gpu_enable_command_buffer="
                    "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"),
     "no_graphs": "--xla_gpu_enable_command_buffer=",
@@ -212,7 +212,8 @@ def main(argv=None) -> int:
                       "the same steps back to back and 220 timed dispatches)")
   p.add_argument("--torch_limit_s", type=float, default=35.0, help="per PyTorch setting")
   p.add_argument("--scratch", default="/tmp/accelerator_run")
-  p.add_argument("--tiny", action="store_true", help="CPU rehearsal (small CNN)")
+  p.add_argument("--tiny", action="store_true",
+                 help="a tiny run on the CPU (small CNN, same code paths)")
   p.add_argument("--report_only", action="store_true")
   args = p.parse_args(argv)
   args.out = os.path.abspath(args.out)
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
       record(run_part(f"ab_{name}", ab_cmd(name, args), limit, args.out,
                       dict(env, XLA_FLAGS=AB_VARIANTS[name])))
     torch_part("torch_f32_nchw", [])
-    # 4. Side-by-side analysis (matplotlib may be absent on the accelerator host).
+    # 4. Side-by-side analysis (matplotlib may be missing where this runs).
     runs = [os.path.join(args.out, "runs", m) for m in ("debiaspl", "fixmatch")]
     if not importable("matplotlib"):
       skip("analyze", "matplotlib is not installed: run `python -m dlpl_jax.analyze "

@@ -32,41 +32,42 @@
 # (60-70 s per cold variant). The debiaspl training run's own windows (same trainer,
 # config and flags) are a second baseline beside the default variant.
 #
-# Here, once (a host with the prepared TFDS CIFAR-10 and the project's venv):
+# The accelerator machine is often a host without TensorFlow or ml_collections and
+# without package-index access (a cluster node; its own python3 with jax, flax, optax,
+# orbax and torch). So, first, on a machine with the prepared TFDS CIFAR-10 and the
+# project's venv (make):
 #   bash benchmarks/accelerator_run.sh --prepare
-#     -> data/cifar10_compact.npz  (python -m dlpl_jax.compact_data; about 29 MiB)
-#        .carry/site/ml_collections, .carry/fallback/yaml  (copied from the venv)
-# On the GPU host (its own python3 with jax, flax, optax, orbax, torch; no TensorFlow,
-# no ml_collections, no network), from the repository root, with the working tree and
-# these git-ignored paths carried along: data/cifar10_compact.npz .carry
+#     -> data/cifar10_compact.npz   (python -m dlpl_jax.compact_data; about 29 MiB)
+#        .offline_packages/site/ml_collections, .offline_packages/fallback/yaml
+#                                   (pure-Python packages copied from the venv)
+# Both are git-ignored: copy them along with the repository to the accelerator machine,
+# then run there, from the repository root:
 #   OUT=/path/to/out bash benchmarks/accelerator_run.sh
+# (OFFLINE_PACKAGES=DIR and DATA=FILE choose other places for --prepare to write.)
 # Extra arguments go to benchmarks/accelerator_run.py (e.g. --steps, --budget_s, --ab).
-# CPU rehearsal at a tiny size (what tests/test_accelerator_run.py runs):
+# A tiny run on the CPU, through the same code paths (tests/e2e/test_accelerator_run.py):
 #   PY=.venv/bin/python OUT=/tmp/acc bash benchmarks/accelerator_run.sh --tiny \
 #     --steps 16 --eval_every 8 --ab_steps 256 --data PATH.npz
-# The same rehearsal also passed (every part ok) with PY set to a Python 3.12 venv
-# holding the GPU host's versions (jax/jaxlib 0.11.2, flax 0.12.10, optax 0.2.8, no
-# ml_collections) and the real compact copy.
 set -uo pipefail
 if [ "${1:-}" = --prepare ]; then
   cd "$(dirname "$0")/.."
   PY=${PY:-.venv/bin/python}
-  CARRY=${CARRY:-$PWD/.carry}
+  OFFLINE_PACKAGES=${OFFLINE_PACKAGES:-$PWD/.offline_packages}
   DATA=${DATA:-data/cifar10_compact.npz}
   set -e
   [ -f "$DATA" ] || "$PY" -m dlpl_jax.compact_data --out "$DATA"
-  rm -rf "$CARRY" && mkdir -p "$CARRY/site" "$CARRY/fallback"
+  rm -rf "$OFFLINE_PACKAGES" && mkdir -p "$OFFLINE_PACKAGES/site" "$OFFLINE_PACKAGES/fallback"
   for spec in ml_collections:site yaml:fallback; do
     src=$("$PY" -c "import os, ${spec%%:*} as m; print(os.path.dirname(m.__file__))")
-    cp -r "$src" "$CARRY/${spec#*:}/"
+    cp -r "$src" "$OFFLINE_PACKAGES/${spec#*:}/"
   done
   # Pure Python only: no caches, no tests, no compiled extension of this venv's Python.
-  find "$CARRY" \( -name __pycache__ -o -name '*_test.py' -o -name '*.so' \) -prune \
-    -exec rm -rf {} +
-  rm -rf "$CARRY/site/ml_collections/config_dict/examples" \
-    "$CARRY/site/ml_collections/config_flags/examples"
-  du -sh "$DATA" "$CARRY"
-  echo "carry: $DATA .carry"
+  find "$OFFLINE_PACKAGES" \( -name __pycache__ -o -name '*_test.py' -o -name '*.so' \) \
+    -prune -exec rm -rf {} +
+  rm -rf "$OFFLINE_PACKAGES/site/ml_collections/config_dict/examples" \
+    "$OFFLINE_PACKAGES/site/ml_collections/config_flags/examples"
+  du -sh "$DATA" "$OFFLINE_PACKAGES"
+  echo "copy these along to the accelerator machine: $DATA $OFFLINE_PACKAGES"
   exit 0
 fi
 source "$(dirname "$0")/_gpu_env.sh"

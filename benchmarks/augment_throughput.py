@@ -121,7 +121,7 @@ def main(argv=None) -> None:
       f"Pillow {pil_reference.Image.__version__}.",
       f"Batch {args.batch} real CIFAR-10 train images; median of {args.repeats} "
       "repeats. JAX: one jitted call per batch after compile + warm-up, new key per "
-      "repeat, `block_until_ready`. Pillow: tests/pil_reference.py `RandomWeak` / "
+      "repeat, `block_until_ready`. Pillow: benchmarks/pil_reference.py `RandomWeak` / "
       "`RandomStrong` (kekmodel flip + reflect crop; + RandAugmentMC(2, 10) + "
       "Cutout 16) per image, uint8 numpy in/out, one process.",
       "",

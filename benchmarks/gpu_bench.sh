@@ -11,10 +11,11 @@
 #   bash benchmarks/gpu_bench.sh            # from the repo root
 #
 # It uses the machine's own python3 (PY=... overrides), which needs jax, flax, optax,
-# orbax, absl and torch. Where ml_collections is missing and there is no network, put
-# its wheel in .whl/ at the repo root (benchmarks/_gpu_env.sh installs it from there),
-# downloaded beforehand on a machine with network:
-#   echo /.whl/ >> .git/info/exclude
+# orbax, absl and torch. On a host without ml_collections and without package-index
+# access, benchmarks/_gpu_env.sh takes it from .offline_packages/ (written by
+# `bash benchmarks/accelerator_run.sh --prepare` on a machine that has it) or installs
+# its wheel from .whl/ at the repository root (git-ignored), downloaded beforehand on a
+# machine with package-index access:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
 set -uo pipefail

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from dlpl_jax import configs
+from dlpl_jax.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [
@@ -80,3 +81,37 @@ def test_lt_needs_unlabeled_images_in_the_head_class():
   c.lt.m1 = 0  # no unlabeled image at all: the step's gather would fail
   with pytest.raises(configs.UsageError, match="lt.n1 and lt.m1 must be > 0"):
     configs.validate(c)
+
+
+@pytest.mark.parametrize("name,momentum,cld", [("imagenet_1pct", 0.999, 0.3),
+                                               ("imagenet_0p2pct", 0.99, 0.1),
+                                               ("imagenet_clip_zeroshot", 0.99, 0.3)])
+def test_imagenet_official_numbers(imagenet_config, name, momentum, cld):
+  c = imagenet_config(name, "")
+  assert (c.batch_size, c.mu, c.lr, c.momentum, c.nesterov, c.weight_decay) == (
+      64, 5, 0.003, 0.9, False, 1e-4)
+  assert (c.threshold, c.tau, c.lambda_u, c.teacher_momentum, c.num_views) == (
+      0.8, 0.4, 10.0, 0.999, 2)
+  assert (c.marginal_momentum, c.cld_weight) == (momentum, cld)
+  assert c.weight_decay_all and c.teacher and c.eval_params == "student"
+  per_epoch = 1_281_167 // 320
+  assert (c.total_steps, c.warmup_steps, c.lr_update_every) == (
+      50 * per_epoch, 5 * per_epoch, per_epoch)
+  assert c.imagenet.crop_scale_min == 0.08 and c.imagenet.crop_size == 224
+
+
+def test_cifar_config_keeps_its_keys():
+  c = configs.get_base_config()
+  assert configs.input_kind(c) == "tfds" and configs.eval_params(c) == "ema"
+  assert "imagenet" not in c
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("imagenet.split", "5pct", "imagenet.split must be"),
+    ("eval_params", "teacher", "eval_params must be one of"),
+    ("in_memory", True, "set in_memory = False"),
+    ("imagenet.clip_fallback", 0.3, "applies to split 'clip' only"),
+])
+def test_imagenet_bad_values_refused(imagenet_config, key, value, match):
+  with pytest.raises(UsageError, match=match):
+    configs.validate(imagenet_config(**{key: value}))

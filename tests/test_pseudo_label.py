@@ -5,8 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dlpl_jax
 from dlpl_jax import pseudo_label as pl
 from dlpl_jax.loss import cross_entropy
+
+BAD_VALUES = [-0.1, float("nan"), float("inf"), -float("inf")]
+Z = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, -1.0]], np.float32)
+P = np.array([0.5, 0.25, 0.25], np.float32)
 
 
 def np_softmax(s):
@@ -111,7 +116,6 @@ class TestUpdateMarginal:
     with pytest.raises(ValueError, match=r"probs must have rank 2"):
       pl.update_marginal(np.full(2, .5), np.full((2,), .5))
 
-
   @pytest.mark.parametrize("probs", [
       [[2.0, -1.0]],            # logits, not probabilities
       [[0.9, 0.9]],             # rows summing to 1.8
@@ -142,7 +146,6 @@ class TestHardLabels:
     with pytest.raises(ValueError, match=f"threshold must lie in \\[0, 1\\], got {t}"):
       pl.hard_labels(jnp.array([[0.5, 0.5]]), t)
 
-
   def test_refuses_logits_as_probabilities(self):
     with pytest.raises(ValueError, match=r"probs must hold probabilities .* row 0 "
                                          r"summing to 3 \(logits\?"):
@@ -156,6 +159,12 @@ class TestHardLabels:
     assert np.isnan(mask).all(), mask
     out = jax.jit(pl.unlabeled_loss)(Z, Z, P, 0.4, t, 0.9)
     assert np.isnan(out.loss), out
+
+  def test_empty_batch_refused(self):
+    # Through the package's re-export (dlpl_jax.hard_labels is pseudo_label.hard_labels).
+    assert dlpl_jax.hard_labels is pl.hard_labels
+    with pytest.raises(ValueError, match="empty batch"):
+      dlpl_jax.hard_labels(jnp.zeros((0, 3)), 0.5)
 
   def test_tau_must_be_a_number(self):
     with pytest.raises(ValueError, match="expected a number, got None"):
@@ -262,10 +271,6 @@ class TestUnlabeledLoss:
 # ----------------------------------------------------------------------------------
 # Refusals: tau finite and >= 0, marginal entries finite and >= 0, B >= 1. Refused
 # with ValueError when known at trace time; under jit a traced bad value gives NaN.
-
-BAD_VALUES = [-0.1, float("nan"), float("inf"), -float("inf")]
-Z = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, -1.0]], np.float32)
-P = np.array([0.5, 0.25, 0.25], np.float32)
 
 
 def _with_bad_entry(bad):
