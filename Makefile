@@ -1,7 +1,7 @@
 # dlpl_jax — two commands do all the set-up:
 #   make train   [CONFIG=experiments/cifar10_4shot.py] [WORKDIR=runs/NAME] [ARGS="--config.x=y"]
 #   make test    (unit and small integration tests; `make test-e2e`: the end-to-end tier)
-# On a GPU host the venv gets jax[cuda12] automatically; ACCEL=cpu|cuda12|cuda13|tpu overrides.
+# Where nvidia-smi sees a GPU the venv gets jax[cuda12]; ACCEL=cpu|cuda12|cuda13|tpu overrides.
 # The XLA:CPU flag and TensorFlow's log level are set by the package itself
 # (dlpl_jax/host.py), the same for `make` and `python -m dlpl_jax.main`. The data follows
 # TFDS: TFDS_DATA_DIR, else ~/tensorflow_datasets; a prepared copy in
@@ -86,9 +86,9 @@ analyze: $(STAMP)
 	$(PY) -m dlpl_jax.analyze $(WORKDIR) $(ARGS)
 
 # The CPU studies: 2 methods x 2 seeds, table + plots. `study`: balanced CIFAR-10, 4
-# labels per class (experiments/study_cpu.py, about 1.5 h here); `study-imbalanced`:
-# CIFAR-10-LT and the mismatch setting (experiments/study_imbalanced.py, 8 runs of
-# about 4.5 min here). Both resume where they stopped.
+# labels per class (experiments/study_cpu.py); `study-imbalanced`: CIFAR-10-LT and the
+# mismatch setting (experiments/study_imbalanced.py). Their run times on 2 vCPUs are in
+# experiments/results/study_*.md. Both resume where they stopped.
 study: $(STAMP)
 	$(PY) -m experiments.run_study $(ARGS)
 

@@ -10,7 +10,7 @@ Published (FixMatch-RA, Sohn et al. 2020, Table 2, error rates turned into accur
 about 51.2 (400 labels), 71.7 (2500), 77.4 (10000). No DebiasPL CIFAR-100 figure is
 quoted in docs/METHOD.md. Data: CIFAR-100 must be prepared for TFDS first (with
 internet, `tfds build cifar100`; docs/DATA.md), else the run stops at once naming
-TFDS_DATA_DIR. Runtime: WRN-28-8 is ~16x the FLOPs of WRN-28-2; not measured here.
+TFDS_DATA_DIR. Runtime: WRN-28-8 is ~16x the FLOPs of WRN-28-2; not measured.
 """
 
 from experiments import _common

@@ -12,11 +12,10 @@ Command:
 Published: FixMatch-RA 86.19 ± 3.37 (Sohn et al. 2020, arXiv:2001.07685, Table 2);
 DebiasPL about 94.6 (third-party reproductions, docs/METHOD.md). A JPEG-compressed copy
 of CIFAR-10 such as the one described in docs/DATA.md costs 2-3 points.
-Runtime: 2^20 steps of 960 images. On one H100 with --config.dtype=bfloat16 the trainer
-ran 86-89 steps/s (synthetic data, benchmarks/results/gpu.md): 3.4 h plus
-evaluations; float32 (the default) ran at half the bf16 rate on an H200. Impractical
-on a 2-vCPU machine (about 12 s per step): use :smoke, or experiments/study_cpu.py for a
-small comparison.
+Runtime: 2^20 steps of 960 images: hours on one GPU, in bfloat16
+(--config.dtype=bfloat16) about half the float32 time (docs/performance.md gives the
+measured rates); impractical on a CPU (seconds per step): use :smoke, or
+experiments/study_cpu.py for a small comparison.
 """
 
 from experiments import _common

@@ -21,7 +21,7 @@ checkpoint):
 
 Published top-1 (DebiasPL paper, Wang et al. CVPR 2022, its ImageNet table; MoCo-EMAN init):
 FixMatch 60.9 -> DebiasPL 65.3.
-Runtime (an estimate derived here, not measured): 4,003 steps per epoch, 200,150 steps;
+Runtime (an estimate, not measured): 4,003 steps per epoch, 200,150 steps;
 a step trains 704 images (64 labeled + 2 x 320 strong) and runs the teacher on 640;
 at ~3,000 trained ResNet-50 images/s (one H100, bfloat16, an assumed rate) that is about
 17 h (25 h if the teacher's images count as trained ones, as the trainer's CPU guard

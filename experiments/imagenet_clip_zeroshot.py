@@ -29,7 +29,7 @@ Published top-1 (DebiasPL paper, Wang et al. CVPR 2022, its zero-shot
 table, ResNet-50 student, CLIP RN50 pseudo-labels): CLIP zero-shot 59.6 -> DebiasPL
 68.3.
 Runtime (an estimate, not measured): at most that of the 1% config (about 17 h on one
-H100 at an assumed ~3,000 trained images/s); an epoch here is
+H100 at an assumed ~3,000 trained images/s); an epoch in this config is
 ``imagenet.unlabeled_images`` (1,281,167, the whole split: set it to the unlabeled
 CSV's length for the exact official epoch).
 """

@@ -11,12 +11,11 @@ One run:
   make train CONFIG=experiments/study_cpu.py:fixmatch ARGS="--config.seed=1 --config.labeled_seed=1"
 
 Differences from the full recipe, and why: model cnn_small (WRN-28-2 takes seconds
-per step here); batch 16, mu 4; marginal momentum 0.99 (the official code's value for
+per step on a CPU); batch 16, mu 4; marginal momentum 0.99 (the official code's value for
 short / low-label runs: with 0.999 the marginal would barely move in a run this short);
 evaluation on the full test split every 250 steps. Everything else (threshold 0.95,
 tau 0.4, SGD Nesterov, lr 0.03 cosine over the run, wd 5e-4, EMA 0.999) as FixMatch-RA.
-Expected runtime: about 15 minutes per run on 2 vCPUs delivering about one core
-(docs/performance.md gives the measured wall time).
+Runtime: the measured wall time per run on 2 vCPUs is in experiments/results/study_cpu.md.
 """
 
 from experiments import _common
