@@ -157,3 +157,15 @@ class RandomStrong:
     x = cutout_abs(x, self.random.randint(1, int(min(w, h) * 0.5)), self.random.uniform(0, w),
                    self.random.uniform(0, h))
     return np.asarray(x)
+
+
+
+def strong_views(images, p):
+  """:func:`strong_view` of each image of ``images`` ``[B, H, W, 3]`` with the draws of a
+  ``dlpl_jax.augment.StrongParams`` ``p`` (fields with a leading ``[B]`` axis)."""
+  flip, dy, dx = (np.asarray(x) for x in p.weak)
+  ops, levels, apply, negate, cx, cy, size = (np.asarray(x) for x in p[1:])
+  return np.stack([
+      strong_view(images[i], flip[i], dy[i], dx[i], ops[i], levels[i], apply[i],
+                  negate[i], cx[i], cy[i], size[i])
+      for i in range(len(images))])

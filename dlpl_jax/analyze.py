@@ -1,4 +1,5 @@
-"""``python -m dlpl_jax.analyze``: the ``dlpl-analyze`` command (:mod:`dlpl_jax.tools.analyze`)."""
+"""``python -m dlpl_jax.analyze``: the ``dlpl-analyze`` command,
+:mod:`dlpl_jax.tools.analyze`."""
 
 import sys
 

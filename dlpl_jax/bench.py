@@ -1,4 +1,5 @@
-"""``python -m dlpl_jax.bench``: the ``dlpl-bench`` command (:mod:`dlpl_jax.tools.bench`)."""
+"""``python -m dlpl_jax.bench``: the ``dlpl-bench`` command,
+:mod:`dlpl_jax.tools.bench`."""
 
 import sys
 

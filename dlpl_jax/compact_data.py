@@ -1,4 +1,5 @@
-"""``python -m dlpl_jax.compact_data``: the ``dlpl-compact-data`` command (:mod:`dlpl_jax.tools.compact_data`)."""
+"""``python -m dlpl_jax.compact_data``: the ``dlpl-compact-data`` command,
+:mod:`dlpl_jax.tools.compact_data`."""
 
 import sys
 

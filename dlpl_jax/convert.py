@@ -1,4 +1,5 @@
-"""``python -m dlpl_jax.convert``: the ``dlpl-convert`` command (:mod:`dlpl_jax.tools.convert`)."""
+"""``python -m dlpl_jax.convert``: the ``dlpl-convert`` command,
+:mod:`dlpl_jax.tools.convert`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""``python -m dlpl_jax.zeroshot``: the ``dlpl-zeroshot`` command (:mod:`dlpl_jax.tools.zeroshot`)."""
+"""``python -m dlpl_jax.zeroshot``: the ``dlpl-zeroshot`` command,
+:mod:`dlpl_jax.tools.zeroshot`."""
 
 import sys
 

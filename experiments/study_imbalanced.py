@@ -21,8 +21,9 @@ labeled and unlabeled images, docs/METHOD.md):
             unlabeled 4000 ... 40 in the same profile (9,922); test balanced (10,000).
   mismatch: the same labeled set; 4000 unlabeled images of every class (40,000).
 Differences from the full settings, and why: model cnn_small (WRN-28-2 takes seconds per
-step on a CPU); batch 16, mu 2 as USB's recipe; 3000 steps (the measured wall time per run on 2 vCPUs
-is in experiments/results/study_imbalanced.md; a longer run is --config.total_steps);
+step on a CPU); batch 16, mu 2 as USB's recipe; 3000 steps (the measured wall time per
+run on 2 vCPUs is in experiments/results/study_imbalanced.md; a longer run is
+--config.total_steps);
 marginal momentum 0.99 (as the balanced CPU study: with 0.999 the marginal would barely
 move in 3000 steps); evaluation on the full test split every 250 steps. N1 = 500 rather
 than 1500: fewer labels, as the paper's low-label settings, and a larger unlabeled set.

@@ -41,11 +41,39 @@ def cifar_dir() -> str:
 
 
 @pytest.fixture(scope="session")
+def cifar_test_images(cifar_dir):
+  """The first 16 CIFAR-10 test images, uint8 ``[16, 32, 32, 3]``; skips without the data."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  tfds = pytest.importorskip("tensorflow_datasets")
+  ds = tfds.load("cifar10", split="test[:16]", batch_size=-1, download=False,
+                 data_dir=cifar_dir)
+  images = tfds.as_numpy(ds)["image"]
+  assert images.shape == (16, 32, 32, 3) and images.dtype == np.uint8
+  return images
+
+
+@pytest.fixture(scope="session")
 def tiny_data():
   """Small learnable synthetic splits (10 classes, 2 labeled per class, 64 unlabeled, 64
   test images of 32x32)."""
   from dlpl_jax.data import in_memory  # pylint: disable=import-outside-toplevel
   return in_memory.synthetic(labeled_per_class=2, unlabeled=64, test=64)
+
+
+@pytest.fixture
+def mixed_images():
+  """``mixed_images(n, seed=0) -> (images, labels)``: ``n`` smooth synthetic colour
+  images (JPEG-like content), three of pure noise, one black, one white."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from dlpl_jax.data import in_memory  # pylint: disable=import-outside-toplevel
+
+  def make(n, seed=0):
+    d = in_memory.synthetic(labeled_per_class=1, unlabeled=n, test=1, seed=seed)
+    x = d.x_u.copy()
+    x[:3] = np.random.default_rng(seed).integers(0, 256, x[:3].shape, dtype=np.uint8)
+    x[3], x[4] = 0, 255
+    return x, d.y_u
+  return make
 
 
 def _tiny_config(**overrides):
@@ -54,11 +82,7 @@ def _tiny_config(**overrides):
   values = {"model": "cnn_small", "batch_size": 4, "mu": 2, "total_steps": 4,
             "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "eval_batch_size": 64,
             "progress": False, "threshold": 0.5, "marginal_momentum": 0.9, **overrides}
-  for k, v in values.items():
-    if "." in k:
-      c[k.split(".")[0]][k.split(".")[1]] = v
-    else:
-      c[k] = v
+  c.update_from_flattened_dict(values)
   return c
 
 
@@ -117,13 +141,25 @@ def imagenet_config():
   def make(name="imagenet_1pct", variant="smoke", **overrides):
     from dlpl_jax import configs  # pylint: disable=import-outside-toplevel
     c = configs.load_config_file(str(REPO / "experiments" / f"{name}.py:{variant}"))
-    for k, v in overrides.items():
-      if "." in k:
-        c[k.split(".")[0]][k.split(".")[1]] = v
-      else:
-        c[k] = v
+    c.update_from_flattened_dict(overrides)
     return c
   return make
+
+
+@pytest.fixture
+def tensorboard_tags():
+  """``tensorboard_tags(logdir) -> {tag: sorted steps}`` over all event files; fails on a
+  (tag, step) written twice."""
+  def read(logdir) -> dict:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    seen = {}
+    for name in os.listdir(logdir):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+        for v in event.summary.value:
+          assert event.step not in seen.get(v.tag, []), (v.tag, event.step)
+          seen.setdefault(v.tag, []).append(event.step)
+    return {k: sorted(v) for k, v in seen.items()}
+  return read
 
 
 # --- commands ----------------------------------------------------------------------------

@@ -10,53 +10,7 @@ import pytest
 from dlpl_jax import loss as loss_lib
 from dlpl_jax import multiview
 from dlpl_jax import pseudo_label
-
-
-def _np_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
-def _np_ce(logits, labels):
-  """Per-example cross-entropy (F.cross_entropy(..., reduction='none'))."""
-  logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-  return logz - logits[np.arange(len(labels)), labels]
-
-
-def _np_debias(z, marginal, tau):
-  return _np_softmax(z - tau * np.log(marginal))
-
-
-def _np_multiview(weak, strong, marginal, tau, threshold, momentum):
-  """The official multiviews branch (K = 2) in NumPy: pseudo-labels from the mean of
-  the weak logits and from each weak view, each crossed with each strong view."""
-  w1, w2 = weak
-  s1, s2 = strong
-  w = (w1 + w2) / 2
-  targets = []
-  for z in (w, w1, w2):
-    q = _np_debias(z, marginal, tau)
-    targets.append((q.argmax(-1), (q.max(-1) >= threshold).astype(float)))
-  qhat = momentum * marginal + (1 - momentum) * _np_softmax(w).mean(0)
-  shifted = [s + tau * np.log(qhat) for s in (s1, s2)]
-  loss = sum((_np_ce(z, labels) * mask).mean() for labels, mask in targets for z in shifted)
-  return loss / 6, qhat, targets[0]
-
-
-def _np_cld(prob_s, prob_w, temperature):
-  """The official CLDLoss / get_centroids statements in NumPy."""
-  n, d = prob_w.shape
-  del n
-  cl = prob_w.argmin(axis=1)                                  # prob.argmin(dim=1)
-  counts = np.ones(d)                                         # torch.ones([K])
-  unique, cnt = np.unique(cl, return_counts=True)
-  counts[unique] = cnt
-  c = np.zeros((d, d))
-  np.add.at(c, cl, prob_w)                                    # scatter_add_(0, Ncl, prob)
-  c = c / counts[:, None]
-  affinity = prob_s @ c.T                                     # torch.mm(prob_s, c_w.t())
-  return _np_ce(affinity / temperature, cl).mean()            # F.cross_entropy, mean
+from tests import numpy_reference as ref
 
 
 # --- K views ----------------------------------------------------------------------------
@@ -72,7 +26,7 @@ class TestMultiView:
     out = multiview.multiview_unlabeled_loss(
         jnp.asarray(weak, jnp.float32), jnp.asarray(strong, jnp.float32),
         jnp.asarray(marginal, jnp.float32), tau=0.4, threshold=0.6, momentum=0.9)
-    loss, qhat, (labels, mask) = _np_multiview(weak, strong, marginal, 0.4, 0.6, 0.9)
+    loss, qhat, (labels, mask) = ref.multiview(weak, strong, marginal, 0.4, 0.6, 0.9)
     assert 0 < mask.sum() < 8  # the threshold keeps some examples and drops others
     np.testing.assert_allclose(float(out.loss), loss, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(out.marginal), qhat, rtol=1e-5)
@@ -111,11 +65,11 @@ class TestClipFallback:
     tau, thr = 0.4, 0.8
     masks = []
     for src in [weak.mean(0), weak[0], weak[1]]:
-      q = _np_softmax(src - tau * np.log(marginal))
+      q = ref.softmax(src - tau * np.log(marginal))
       masks.append(q.max(-1) >= thr)
     want_f = (clip_probs >= 0.3) & ~np.any(masks, axis=0)
     np.testing.assert_array_equal(want_f, [False, False, True, False])
-    want = np.mean([np.mean(want_f * _np_ce(strong[k] + tau * np.log(new_marginal),
+    want = np.mean([np.mean(want_f * ref.cross_entropy(strong[k] + tau * np.log(new_marginal),
                                             clip_labels)) for k in range(2)])
     loss, f = multiview.clip_fallback_loss(weak, strong, marginal, new_marginal,
                                            clip_labels, clip_probs, tau, thr, 0.3)
@@ -141,7 +95,7 @@ class TestCLD:
     w = rng.normal(size=(6, 4)) * 2
     got = float(jnp.mean(loss_lib.cld_loss(jnp.asarray(s, jnp.float32),
                                            jnp.asarray(w, jnp.float32), 0.07)))
-    np.testing.assert_allclose(got, _np_cld(_np_softmax(s), _np_softmax(w), 0.07), rtol=1e-5)
+    np.testing.assert_allclose(got, ref.cld(ref.softmax(s), ref.softmax(w), 0.07), rtol=1e-5)
 
   def test_gradient_reaches_the_strong_logits_only(self):
     rng = np.random.default_rng(1)

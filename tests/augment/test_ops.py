@@ -42,17 +42,6 @@ TOLERANCE = {name: EXACT for name in A.OP_NAMES}
 TOLERANCE.update({"Rotate": (255, 2e-3), "ShearX": (255, 2e-3), "ShearY": (255, 2e-3)})
 
 
-@pytest.fixture(scope="module")
-def real_images(cifar_dir) -> np.ndarray:
-  """16 real CIFAR-10 test images, uint8 [16, 32, 32, 3]; skips without the data."""
-  tfds = pytest.importorskip("tensorflow_datasets")
-  ds = tfds.load("cifar10", split=f"test[:{N_REAL}]", batch_size=-1, download=False,
-                 data_dir=cifar_dir)
-  images = tfds.as_numpy(ds)["image"]
-  assert images.shape == (N_REAL, 32, 32, 3) and images.dtype == np.uint8
-  return images
-
-
 def _noise_images(n=N_REAL, seed=0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
@@ -104,10 +93,10 @@ def test_op_identity_at_neutral_magnitude(name, neutral):
 
 
 @pytest.mark.parametrize("name", A.OP_NAMES)
-def test_op_agrees_with_pil(name, real_images):
+def test_op_agrees_with_pil(name, cifar_test_images):
   combos = [(v, neg) for v in range(1, 10) for neg in (False, True)]
-  images = np.concatenate([real_images] * len(combos))
-  args = [A.level_to_arg(name, v, neg) for v, neg in combos for _ in real_images]
+  images = np.concatenate([cifar_test_images] * len(combos))
+  args = [A.level_to_arg(name, v, neg) for v, neg in combos for _ in cifar_test_images]
   out = _op_on_batch(name, images, args)
   ref = np.stack([_pil_op(name, img, a) for img, a in zip(images, args)])
   max_abs, frac = _mismatch(out, ref)

@@ -18,26 +18,6 @@ from dlpl_jax import augment as A
 B = 16  # real images; the strong checks run A.NUM_OPS * B of them in one batch
 
 
-@pytest.fixture(scope="module")
-def real_images(cifar_dir) -> np.ndarray:
-  """16 real CIFAR-10 test images, uint8 [16, 32, 32, 3]; skips without the data."""
-  tfds = pytest.importorskip("tensorflow_datasets")
-  ds = tfds.load("cifar10", split=f"test[:{B}]", batch_size=-1, download=False,
-                 data_dir=cifar_dir)
-  images = tfds.as_numpy(ds)["image"]
-  assert images.shape == (B, 32, 32, 3) and images.dtype == np.uint8
-  return images
-
-
-def _strong_ref(images, p):
-  p = jax.tree.map(np.asarray, p)
-  return np.stack([
-      R.strong_view(images[i], p.weak.flip[i], p.weak.dy[i], p.weak.dx[i], p.ops[i],
-                    p.levels[i], p.apply[i], p.negate[i], p.cut_cx[i], p.cut_cy[i],
-                    p.cut_size[i])
-      for i in range(len(images))])
-
-
 def _draws(sample, seed, batch, calls):
   """``calls`` draws of ``batch`` images, concatenated: the sampler compiled for the
   batch size of the agreement tests below serves (a new size would compile anew)."""
@@ -64,17 +44,17 @@ def test_strong_param_distribution():
   assert not np.array_equal(p.ops[:, 0], p.ops[:, 1])
 
 
-def test_weak_agrees_with_pil(real_images):
+def test_weak_agrees_with_pil(cifar_test_images):
   p = A.sample_weak_params(jax.random.key(0), B)
-  out = np.asarray(A.apply_weak(real_images, p))
+  out = np.asarray(A.apply_weak(cifar_test_images, p))
   pn = jax.tree.map(np.asarray, p)
-  ref = np.stack([R.weak_view(real_images[i], pn.flip[i], pn.dy[i], pn.dx[i])
+  ref = np.stack([R.weak_view(cifar_test_images[i], pn.flip[i], pn.dy[i], pn.dx[i])
                   for i in range(B)])
   np.testing.assert_array_equal(out, ref)
 
 
 @pytest.mark.parametrize("forced", [False, True])
-def test_strong_agrees_with_pil(real_images, forced):
+def test_strong_agrees_with_pil(cifar_test_images, forced):
   """The whole strong view equals Pillow given the same draws: exact (the affine
   matrices are tabulated in float64, unlike the single-image ops of test_ops.py).
 
@@ -82,13 +62,13 @@ def test_strong_agrees_with_pil(real_images, forced):
   every op is exercised inside the pipeline; forced=False uses the sampled draws.
   """
   n = A.NUM_OPS * B
-  images = np.concatenate([real_images] * A.NUM_OPS)
+  images = np.concatenate([cifar_test_images] * A.NUM_OPS)
   p = A.sample_strong_params(jax.random.key(7 if forced else 8), n)
   if forced:
     p = p._replace(ops=p.ops.at[:, 0].set(jnp.repeat(jnp.arange(A.NUM_OPS), B)),
                    apply=p.apply.at[:, 0].set(True))
   out = np.asarray(A.apply_strong(images, p))
-  ref = _strong_ref(images, p)
+  ref = R.strong_views(images, p)
   bad = np.nonzero((out != ref).any(axis=(1, 2, 3)))[0]
   assert bad.size == 0, [(int(i), [A.OP_NAMES[o] for o in np.asarray(p.ops[i])])
                          for i in bad[:5]]

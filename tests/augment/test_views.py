@@ -17,17 +17,6 @@ from dlpl_jax import augment as A
 B = 16
 
 
-@pytest.fixture(scope="module")
-def real_images(cifar_dir) -> np.ndarray:
-  """16 real CIFAR-10 test images, uint8 [16, 32, 32, 3]; skips without the data."""
-  tfds = pytest.importorskip("tensorflow_datasets")
-  ds = tfds.load("cifar10", split=f"test[:{B}]", batch_size=-1, download=False,
-                 data_dir=cifar_dir)
-  images = tfds.as_numpy(ds)["image"]
-  assert images.shape == (B, 32, 32, 3) and images.dtype == np.uint8
-  return images
-
-
 def _noise_images(n=B, seed=0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
@@ -98,12 +87,12 @@ def test_views_under_jit_are_nan_for_images_off_the_scale(view):
   assert np.isfinite(np.asarray(fn(key, dark))).all()
 
 
-def test_views_of_real_images_are_plausible(real_images):
+def test_views_of_cifar_test_images_are_plausible(cifar_test_images):
   key = jax.random.key(0)
-  w = np.asarray(A.weak(key, real_images))
-  s = np.asarray(A.strong(key, real_images))
+  w = np.asarray(A.weak(key, cifar_test_images))
+  s = np.asarray(A.strong(key, cifar_test_images))
   # weak only moves pixels: the same per-image value set up to reflection duplicates
-  assert np.abs(w.mean((1, 2, 3)) - real_images.mean((1, 2, 3))).max() < 30
+  assert np.abs(w.mean((1, 2, 3)) - cifar_test_images.mean((1, 2, 3))).max() < 30
   # strong: a gray (127) cutout square (side 1..16, +1 for PIL's inclusive corners) is in
   # every image, and images are not blank
   assert ((s == 127).all(-1).sum((1, 2)) >= 1).all()

@@ -8,18 +8,7 @@ import numpy as np
 import pytest
 
 from dlpl_jax.data import compact as cd
-from dlpl_jax.data import in_memory
 from dlpl_jax.errors import UsageError
-
-
-def _images(n, seed=0):
-  """Smooth colour images (JPEG-like content) plus a few of pure noise."""
-  d = in_memory.synthetic(labeled_per_class=1, unlabeled=n, test=1, seed=seed)
-  x = d.x_u.copy()
-  x[:3] = np.random.default_rng(seed).integers(0, 256, x[:3].shape, dtype=np.uint8)
-  x[3] = 0
-  x[4] = 255
-  return x, d.y_u
 
 
 def test_quality_50_is_the_standard_table():
@@ -31,9 +20,9 @@ def test_quality_50_is_the_standard_table():
     cd.quant_tables(0)
 
 
-def test_round_trip_is_exact(tmp_path):
-  x, y = _images(40)
-  xt, yt = _images(16, seed=1)
+def test_round_trip_is_exact(tmp_path, mixed_images):
+  x, y = mixed_images(40)
+  xt, yt = mixed_images(16, seed=1)
   path = str(tmp_path / "c.npz")
   meta = cd.write(path, {"train": (x, y), "test": (xt, yt)}, "cifar10")
   back = cd.read(path)
@@ -68,8 +57,8 @@ def test_bad_images_refused():
     cd.encode(np.zeros((2, 32, 32, 3), np.float32), cd.quant_tables(75))
 
 
-def test_damage_is_reported(tmp_path):
-  x, y = _images(16)
+def test_damage_is_reported(tmp_path, mixed_images):
+  x, y = mixed_images(16)
   path = str(tmp_path / "c.npz")
   cd.write(path, {"train": (x, y), "test": (x, y)}, "cifar10")
   with np.load(path) as z:
@@ -95,7 +84,7 @@ def test_damage_is_reported(tmp_path):
     cd.read(path)
 
 
-def test_garbage_file_and_failed_write(tmp_path):
+def test_garbage_file_and_failed_write(tmp_path, mixed_images):
   garbage = tmp_path / "garbage.npz"
   garbage.write_bytes(b"not an archive at all" * 10)
   with pytest.raises(cd.CompactDataError, match=r"is not a valid \.npz of arrays") as e:
@@ -107,7 +96,7 @@ def test_garbage_file_and_failed_write(tmp_path):
   with pytest.raises(cd.CompactDataError, match=r"a single \.npy array"):
     cd.read_meta(str(npy))
   # A write that fails at the rename leaves no temporary file behind.
-  x, y = _images(16)
+  x, y = mixed_images(16)
   target = tmp_path / "taken.npz"
   target.mkdir()
   with pytest.raises(IsADirectoryError):

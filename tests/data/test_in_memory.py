@@ -15,16 +15,6 @@ from dlpl_jax.errors import UsageError
 from dlpl_jax.training import setup
 
 
-def _images(n, seed=0):
-  """Smooth colour images (JPEG-like content) plus a few of pure noise."""
-  d = in_memory.synthetic(labeled_per_class=1, unlabeled=n, test=1, seed=seed)
-  x = d.x_u.copy()
-  x[:3] = np.random.default_rng(seed).integers(0, 256, x[:3].shape, dtype=np.uint8)
-  x[3] = 0
-  x[4] = 255
-  return x, d.y_u
-
-
 def _spec(data_dir="", **kw):
   return dataclasses.replace(in_memory.DataSpec("cifar10", 10, data_dir), **kw)
 
@@ -39,9 +29,9 @@ def test_the_spec_is_read_from_the_config(tiny_config):
   assert (lt.eval_examples, lt.labeled_seed) == (7, 3)
 
 
-def test_select_balanced_and_long_tailed():
-  x, y = _images(400)
-  xt, yt = _images(30, seed=1)
+def test_select_balanced_and_long_tailed(mixed_images):
+  x, y = mixed_images(400)
+  xt, yt = mixed_images(30, seed=1)
   d = in_memory.select(_spec(labels_per_class=3, labeled_seed=2), x, y, xt, yt)
   idx = splits.labeled_indices(y, 3, 2, 10)
   np.testing.assert_array_equal(d.x_l, x[idx])
@@ -76,8 +66,8 @@ def test_synthetic_is_seeded_and_balanced():
   np.testing.assert_array_equal(np.bincount(a.y_u, minlength=5), [4] * 5)
 
 
-def test_loader_reads_compact_and_refuses_mismatch(tmp_path, tiny_config):
-  x, y = _images(200)
+def test_loader_reads_compact_and_refuses_mismatch(tmp_path, tiny_config, mixed_images):
+  x, y = mixed_images(200)
   path = str(tmp_path / "c.npz")
   cd.write(path, {"train": (x, y), "test": (x[:50], y[:50])}, "cifar10")
   got = in_memory.load(_spec(path))
@@ -102,8 +92,8 @@ def test_loader_without_data_names_tfds_data_dir(tmp_path):
     in_memory.load(_spec(str(tmp_path / "absent.npz")))
 
 
-def test_loader_needs_no_tensorflow(tmp_path, python, hide_extras):
-  x, y = _images(100)
+def test_loader_needs_no_tensorflow(tmp_path, python, hide_extras, mixed_images):
+  x, y = mixed_images(100)
   path = str(tmp_path / "c.npz")
   cd.write(path, {"train": (x, y), "test": (x[:20], y[:20])}, "cifar10")
   proc = python(["-c", f"""

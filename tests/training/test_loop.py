@@ -67,18 +67,6 @@ def steps_of(wd):
   return sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
 
 
-def tensorboard_tags(logdir) -> dict:
-  """{tag: sorted steps} over all event files; fails on a (tag, step) written twice."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  seen = {}
-  for name in os.listdir(logdir):
-    for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
-      for v in event.summary.value:
-        assert event.step not in seen.get(v.tag, []), (v.tag, event.step)
-        seen.setdefault(v.tag, []).append(event.step)
-  return {k: sorted(v) for k, v in seen.items()}
-
-
 def one_line(e) -> str:
   msg = str(e.value)
   assert "\n" not in msg, msg
@@ -197,8 +185,8 @@ def test_resume_gives_the_uninterrupted_state(tiny_config, run, stored, capsys):
   assert s_rest["final_top1"] == s_full["final_top1"]
 
 
-def test_resume_writes_each_step_and_kind_once_like_an_uninterrupted_run(tiny_config, run,
-                                                                          stored):
+def test_resume_writes_each_step_and_kind_once_like_an_uninterrupted_run(
+    tiny_config, run, stored, tensorboard_tags):
   full, _ = stored("full")
   wd, _ = stored("half")  # checkpoint at 2; then pretend a crash left rows after it
   with open(wd / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -211,7 +199,8 @@ def test_resume_writes_each_step_and_kind_once_like_an_uninterrupted_run(tiny_co
   assert tb["train/loss"] == [1, 2, 3, 4] and tb["eval/top1"] == [2, 4]
 
 
-def test_the_records_have_single_names_and_undefined_values_are_null(stored):
+def test_the_records_have_single_names_and_undefined_values_are_null(stored,
+                                                                     tensorboard_tags):
   wd, _ = stored("full")
   recs = records(wd)
   assert [(r["step"], r["kind"]) for r in recs] == [

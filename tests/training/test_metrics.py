@@ -15,18 +15,6 @@ NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"
          "truck"]
 
 
-def tensorboard_tags(logdir) -> dict:
-  """{tag: sorted steps} over all event files; fails on a (tag, step) written twice."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  seen = {}
-  for name in os.listdir(logdir):
-    for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
-      for v in event.summary.value:
-        assert event.step not in seen.get(v.tag, []), (v.tag, event.step)
-        seen.setdefault(v.tag, []).append(event.step)
-  return {k: sorted(v) for k, v in seen.items()}
-
-
 def strict_records(path) -> list[dict]:
   with open(path, encoding="utf-8") as f:
     return [json.loads(line, parse_constant=lambda x: pytest.fail(f"bare {x} in JSON"))
@@ -77,7 +65,7 @@ class TestPseudoLabelStats:
 
 class TestMetricWriter:
 
-  def test_strict_json_lines_and_tensorboard_tags(self, tmp_path):
+  def test_strict_json_lines_and_tensorboard_tags(self, tmp_path, tensorboard_tags):
     w = metrics_lib.MetricWriter(str(tmp_path), class_names=NAMES)
     w.write(1, "train", {"train/loss": np.float32(1.5), "pseudo_masked/acc": None,
                          "train/lr": float("nan"), "marginal": np.full(10, 0.1)})
@@ -95,7 +83,7 @@ class TestMetricWriter:
     assert "eval/per_class/airplane" not in tags and tags["eval/per_class/truck"] == [2]
     assert tags["pseudo/confusion"] == [2]  # as a text table
 
-  def test_rebuild_replaces_the_events_with_the_kept_records(self, tmp_path):
+  def test_rebuild_replaces_the_events_with_the_kept_records(self, tmp_path, tensorboard_tags):
     w = metrics_lib.MetricWriter(str(tmp_path))
     for step in (1, 2, 3):
       w.write(step, "train", {"train/loss": float(step), "v": [1.0, 2.0]})

@@ -29,82 +29,12 @@ from dlpl_jax.training import state as state_lib
 from dlpl_jax.training import step as step_lib
 from dlpl_jax.training.inputs import step_key
 from dlpl_jax.training.step import StepConfig
+from tests import numpy_reference as ref
 
 C = 4          # classes of the fake model
 B, MU = 4, 2   # labeled images per step, unlabeled / labeled
 BU = B * MU
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
-
-
-# --- NumPy ------------------------------------------------------------------------------
-
-
-def _np_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
-def _np_ce(logits, labels):
-  """Per-example cross-entropy (F.cross_entropy(..., reduction='none'))."""
-  logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-  return logz - logits[np.arange(len(labels)), labels]
-
-
-def _np_onehot(labels, n=C):
-  return np.eye(n)[labels]
-
-
-def _np_unlabeled(w, s, marginal, tau, threshold, momentum):
-  """DebiasPL's unlabeled loss on one view (FixMatch's with tau = 0):
-  ``(loss, new marginal, labels, mask, dL/ds)``."""
-  q = _np_softmax(w - tau * np.log(marginal))
-  labels, mask = q.argmax(-1), (q.max(-1) >= threshold).astype(float)
-  qhat = momentum * marginal + (1 - momentum) * _np_softmax(w).mean(0)
-  shifted = s + tau * np.log(qhat)
-  loss = (mask * _np_ce(shifted, labels)).mean()
-  grad = mask[:, None] * (_np_softmax(shifted) - _np_onehot(labels, w.shape[-1])) / len(w)
-  return loss, qhat, labels, mask, grad
-
-
-def _np_multiview(weak, strong, marginal, tau, threshold, momentum):
-  """The official multiviews branch (K = 2) in NumPy: pseudo-labels from the mean of
-  the weak logits and from each weak view, each crossed with each strong view."""
-  w1, w2 = weak
-  s1, s2 = strong
-  w = (w1 + w2) / 2
-  targets = []
-  for z in (w, w1, w2):
-    q = _np_softmax(z - tau * np.log(marginal))
-    targets.append((q.argmax(-1), (q.max(-1) >= threshold).astype(float)))
-  qhat = momentum * marginal + (1 - momentum) * _np_softmax(w).mean(0)
-  shifted = [s + tau * np.log(qhat) for s in (s1, s2)]
-  loss = sum((_np_ce(z, labels) * mask).mean() for labels, mask in targets for z in shifted)
-  return loss / 6, qhat, targets[0]
-
-
-def _np_cld(prob_s, prob_w, temperature):
-  """The official CLDLoss / get_centroids statements in NumPy."""
-  d = prob_w.shape[1]
-  cl = prob_w.argmin(axis=1)
-  counts = np.ones(d)
-  unique, cnt = np.unique(cl, return_counts=True)
-  counts[unique] = cnt
-  c = np.zeros((d, d))
-  np.add.at(c, cl, prob_w)
-  c = c / counts[:, None]
-  return _np_ce((prob_s @ c.T) / temperature, cl).mean()
-
-
-def _np_clip(weak, strong, marginal, new_marginal, clip_labels, clip_probs, tau, threshold,
-             clip_threshold):
-  """The zero-shot recipe's CLIP fallback: ``(L_clip, fallback mask)``."""
-  masks = [_np_softmax(z - tau * np.log(marginal)).max(-1) >= threshold
-           for z in [weak.mean(0), *weak]]
-  f = ((clip_probs >= clip_threshold) & ~np.any(masks, axis=0)).astype(float)
-  loss = np.mean([np.mean(f * _np_ce(s + tau * np.log(new_marginal), clip_labels))
-                  for s in strong])
-  return loss, f
 
 
 def _flat(tree):
@@ -197,7 +127,7 @@ def test_supervised_term():
   logits = rng.normal(size=(B, C)) * 3
   labels = np.array([0, 2, 1, 3])
   got = step_lib.supervised_term(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
-  np.testing.assert_allclose(float(got), _np_ce(logits, labels).mean(), rtol=1e-6)
+  np.testing.assert_allclose(float(got), ref.cross_entropy(logits, labels).mean(), rtol=1e-6)
 
 
 def test_unlabeled_term_one_view():
@@ -207,7 +137,7 @@ def test_unlabeled_term_one_view():
   cfg = _cfg()
   u = step_lib.unlabeled_term(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
                               jnp.asarray(marginal, jnp.float32), cfg)
-  loss, qhat, labels, mask, _ = _np_unlabeled(w[0], s[0], marginal, 0.4, 0.5, 0.9)
+  loss, qhat, labels, mask, _ = ref.unlabeled(w[0], s[0], marginal, 0.4, 0.5, 0.9)
   assert 0 < mask.sum() < BU
   np.testing.assert_allclose(float(u.loss), loss, rtol=1e-5)
   np.testing.assert_allclose(u.marginal, qhat, rtol=1e-6)
@@ -219,7 +149,7 @@ def test_unlabeled_term_one_view():
   fm = step_lib.unlabeled_term(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
                                jnp.asarray(marginal, jnp.float32), _cfg(tau=0.0))
   np.testing.assert_allclose(float(fm.loss),
-                             _np_unlabeled(w[0], s[0], marginal, 0.0, 0.5, 0.9)[0], rtol=1e-5)
+                             ref.unlabeled(w[0], s[0], marginal, 0.0, 0.5, 0.9)[0], rtol=1e-5)
 
 
 def test_unlabeled_term_k_views():
@@ -228,7 +158,7 @@ def test_unlabeled_term_k_views():
   marginal = np.array([0.4, 0.3, 0.2, 0.1])
   u = step_lib.unlabeled_term(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
                               jnp.asarray(marginal, jnp.float32), _cfg(num_views=2))
-  loss, qhat, (labels, mask) = _np_multiview(w, s, marginal, 0.4, 0.5, 0.9)
+  loss, qhat, (labels, mask) = ref.multiview(w, s, marginal, 0.4, 0.5, 0.9)
   np.testing.assert_allclose(float(u.loss), loss, rtol=1e-5)
   np.testing.assert_allclose(u.marginal, qhat, rtol=1e-6)
   np.testing.assert_array_equal(u.labels, labels)
@@ -245,7 +175,7 @@ def test_clip_term_debiases_with_the_old_marginal_and_shifts_with_the_new():
                               jnp.asarray(marginal, jnp.float32), cfg)
   loss, f = step_lib.clip_term(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
                                jnp.asarray(marginal, jnp.float32), u, batch, cfg)
-  want, want_f = _np_clip(w, s, marginal, np.asarray(u.marginal, np.float64),
+  want, want_f = ref.clip_fallback(w, s, marginal, np.asarray(u.marginal, np.float64),
                           batch["clip_label"], batch["clip_prob"], 0.4, 0.9, 0.3)
   assert 0 < want_f.sum() < BU
   np.testing.assert_array_equal(f, want_f)
@@ -260,7 +190,7 @@ def test_cld_term_one_view_takes_the_shifted_strong_logits():
                               jnp.full((C,), 0.25), cfg)
   got = step_lib.cld_term(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32), u, cfg)
   shifted = s[0] + 0.4 * np.log(np.asarray(u.marginal, np.float64))
-  want = _np_cld(_np_softmax(shifted), _np_softmax(w[0]), 0.07)
+  want = ref.cld(ref.softmax(shifted), ref.softmax(w[0]), 0.07)
   np.testing.assert_allclose(float(got), want, rtol=1e-4)
 
 
@@ -271,7 +201,7 @@ def test_cld_term_k_views_takes_the_view_means():
   u = step_lib.unlabeled_term(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32),
                               jnp.full((C,), 0.25), cfg)
   got = step_lib.cld_term(jnp.asarray(w, jnp.float32), jnp.asarray(s, jnp.float32), u, cfg)
-  want = _np_cld(_np_softmax(s.mean(0)), _np_softmax(w.mean(0)), 0.5)  # unshifted
+  want = ref.cld(ref.softmax(s.mean(0)), ref.softmax(w.mean(0)), 0.5)  # unshifted
   np.testing.assert_allclose(float(got), want, rtol=1e-4)
 
 
@@ -415,8 +345,8 @@ def test_step_bookkeeping_against_numpy():
 
   k, bias = 1.2, np.array([0.1, -0.2, 0.0, 0.3])
   z_l, z_w, z_s = _z(batch["image_l"]), _z(batch["weak"][0]), _z(batch["strong"][0])
-  loss_x = _np_ce(z_l * k + bias, batch["label_l"]).mean()
-  loss_u, qhat, labels, mask, d_s = _np_unlabeled(z_w * k + bias, z_s * k + bias, marginal,
+  loss_x = ref.cross_entropy(z_l * k + bias, batch["label_l"]).mean()
+  loss_u, qhat, labels, mask, d_s = ref.unlabeled(z_w * k + bias, z_s * k + bias, marginal,
                                                   0.4, 0.5, 0.9)
   assert 0 < mask.sum() < BU  # some pseudo-labels pass the threshold, some do not
   np.testing.assert_allclose(float(m["train/loss_x"]), loss_x, rtol=1e-5)
@@ -427,7 +357,7 @@ def test_step_bookkeeping_against_numpy():
                     "train/grad_norm", "train/param_norm"}
 
   # Gradients: the labeled and strong rows only (the weak logits carry none).
-  d_l = (_np_softmax(z_l * k + bias) - _np_onehot(batch["label_l"])) / B
+  d_l = (ref.softmax(z_l * k + bias) - ref.onehot(batch["label_l"], C)) / B
   g_bias = d_l.sum(0) + d_s.sum(0)
   g_k = (d_l * z_l).sum() + (d_s * z_s).sum()
   np.testing.assert_allclose(float(m["train/grad_norm"]),
@@ -446,7 +376,7 @@ def test_step_bookkeeping_against_numpy():
                              0.5 * np.array([0.5, 0.0, -0.5, 1.0]) + 0.5 * batch_mean,
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(new.marginal, qhat, rtol=1e-6)
-  onehot_t, onehot_p = _np_onehot(batch["label_u"]), _np_onehot(labels)
+  onehot_t, onehot_p = ref.onehot(batch["label_u"], C), ref.onehot(labels, C)
   np.testing.assert_array_equal(new.confusion, onehot_t.T @ onehot_p)
   np.testing.assert_array_equal(new.confusion_masked, (onehot_t * mask[:, None]).T @ onehot_p)
   assert int(new.step) == 1 and type(new) is state_lib.TrainState
@@ -489,12 +419,12 @@ def test_two_views_and_cld_in_the_step():
                      True)
   z = np.asarray(logits, np.float64)
   w, s = z[B:B + 2 * BU].reshape(2, BU, -1), z[B + 2 * BU:].reshape(2, BU, -1)
-  loss_u, qhat, _ = _np_multiview(w, s, np.full(C, 1 / C), cfg.tau, cfg.threshold,
+  loss_u, qhat, _ = ref.multiview(w, s, np.full(C, 1 / C), cfg.tau, cfg.threshold,
                                   cfg.marginal_momentum)
   np.testing.assert_allclose(float(m["train/loss_u"]), loss_u, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(new.marginal), qhat, rtol=1e-5)
   # CLD on the mean strong logits (unshifted) against the mean weak logits.
-  cld = _np_cld(_np_softmax(s.mean(0)), _np_softmax(w.mean(0)), 0.07)
+  cld = ref.cld(ref.softmax(s.mean(0)), ref.softmax(w.mean(0)), 0.07)
   np.testing.assert_allclose(float(m["train/loss_cld"]), cld, rtol=1e-4)
   total = float(m["train/loss_x"]) + cfg.lambda_u * loss_u + 0.3 * cld
   np.testing.assert_allclose(float(m["train/loss"]), total, rtol=1e-4)
@@ -510,9 +440,9 @@ def test_clip_fallback_in_the_step_averages_the_unlabeled_losses():
   z = np.asarray(logits, np.float64)
   w, s = z[B:B + 2 * BU].reshape(2, BU, -1), z[B + 2 * BU:].reshape(2, BU, -1)
   marginal = np.full(C, 1 / C)
-  loss_u, qhat, _ = _np_multiview(w, s, marginal, cfg.tau, cfg.threshold,
+  loss_u, qhat, _ = ref.multiview(w, s, marginal, cfg.tau, cfg.threshold,
                                   cfg.marginal_momentum)
-  loss_clip, f = _np_clip(w, s, marginal, qhat, batch["clip_label"], batch["clip_prob"],
+  loss_clip, f = ref.clip_fallback(w, s, marginal, qhat, batch["clip_label"], batch["clip_prob"],
                           cfg.tau, cfg.threshold, 0.3)
   assert 0 < f.sum() < BU
   np.testing.assert_allclose(float(m["train/loss_clip"]), loss_clip, rtol=1e-4)
