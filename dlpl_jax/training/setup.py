@@ -126,17 +126,11 @@ def read(config) -> Spec:
 
 
 def _imagenet_spec(c) -> imagenet.ImageNetSpec:
-  o = c.imagenet
-  return imagenet.ImageNetSpec(
-      split=o.split, data_dir=c.data_dir, train_name=o.train_name,
-      subset_name=o.subset_name, subset_fraction=o.subset_fraction,
-      crop_size=o.crop_size, eval_resize=o.eval_resize, crop_scale_min=o.crop_scale_min,
-      shuffle_buffer=o.shuffle_buffer, clip_labeled=o.clip_labeled,
-      clip_unlabeled=o.clip_unlabeled, clip_split_threshold=o.clip_split_threshold,
-      index_cache=o.index_cache, num_classes=c.num_classes, num_views=c.num_views,
-      batch_size=c.batch_size, unlabeled_batch=c.batch_size * c.mu,
-      eval_batch_size=c.eval_batch_size, eval_examples=c.eval_examples, seed=c.seed,
-      labeled_seed=c.labeled_seed)
+  """The ``imagenet`` block's keys of the same names, and the run's batch sizes."""
+  names = [f.name for f in dataclasses.fields(imagenet.ImageNetSpec)]
+  values = {**{k: c[k] for k in names if k in c}, **{k: c.imagenet[k] for k in names
+                                                      if k in c.imagenet}}
+  return imagenet.ImageNetSpec(**values, unlabeled_batch=c.batch_size * c.mu)
 
 
 @functools.lru_cache(maxsize=None)
