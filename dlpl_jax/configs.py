@@ -253,6 +253,10 @@ def validate(c: ml_collections.ConfigDict, check_files: bool = True) -> None:
        f"eval_params must be one of {EVAL_PARAMS}, got {eval_params(c)!r}")
   if input_kind(c) == "imagenet":
     _validate_imagenet(c, need)
+  _validate_data(c, need, finite)
+
+def _validate_data(c, need, finite) -> None:
+  """The labeled protocol, the data source and the dataset's known sizes."""
   need(c.lt.unlabeled_profile in UNLABELED_PROFILES,
        f"lt.unlabeled_profile must be one of {UNLABELED_PROFILES}, got {c.lt.unlabeled_profile!r}")
   finite("lt.gamma", 1)

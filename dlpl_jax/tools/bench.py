@@ -125,6 +125,36 @@ def check_args(config, steps: int | None, warmup: int | None, eval_steps: int | 
     errors.check_output(json_path, "--json")
 
 
+def _time_steps(inp: setup.Input, state, steps: int, warmup: int,
+                say: Callable[[str], None]) -> tuple[dict, object]:
+  """The step's timings: the first call (compile + run), ``steps`` steps each synced
+  after ``warmup`` untimed ones, the same number back to back with one sync; and the
+  final loss. Returns them with the state after the last step."""
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], m = inp.step(holder["state"])
+    return m
+
+  say("first step (compile + run) ...")
+  first_step_s = _timed(one_step, 1)[0]
+  say(f"  {first_step_s:.1f} s; {warmup} warm-up, then {steps} steps synced one by one ...")
+  _timed(one_step, warmup)
+  st = _stats(_timed(one_step, steps))
+  say(f"  median {st['median'] * 1e3:.1f} ms; {steps} steps back to back ...")
+  t = time.perf_counter()
+  for _ in range(steps):
+    m = one_step()
+  jax.block_until_ready(m)
+  pipelined_s = (time.perf_counter() - t) / steps
+  final_loss = float(one_step()["train/loss"])
+  return {"first_step_s": first_step_s, "step_s_median": st["median"],
+          "step_s_p10": st["p10"], "step_s_p90": st["p90"],
+          "steps_per_s": 1.0 / st["median"], "step_s_pipelined": pipelined_s,
+          "steps_per_s_pipelined": 1.0 / pipelined_s,
+          "final_loss": final_loss}, holder["state"]
+
+
 def run_benchmark(config, steps: int | None = None, warmup: int | None = None,
                   eval_steps: int | None = None, steps_per_epoch: int | None = None,
                   say: Callable[[str], None] = lambda msg: None) -> dict:
@@ -166,38 +196,22 @@ def run_benchmark(config, steps: int | None = None, warmup: int | None = None,
   state = setup.new_state(spec, mesh, read_init=False)
   inp = setup.make_input(spec, mesh, synthetic_data(spec) if spec.imagenet is None
                          else synthetic_crops(spec))
-  holder = {"state": state}
-
-  def one_step():
-    holder["state"], m = inp.step(holder["state"])
-    return m
-
-  say("first step (compile + run) ...")
-  first_step_s = _timed(one_step, 1)[0]
-  say(f"  {first_step_s:.1f} s; {warmup} warm-up, then {steps} steps synced one by one ...")
-  _timed(one_step, warmup)
-  st = _stats(_timed(one_step, steps))
-  say(f"  median {st['median'] * 1e3:.1f} ms; {steps} steps back to back ...")
-  t = time.perf_counter()
-  for _ in range(steps):
-    m = one_step()
-  jax.block_until_ready(m)
-  pipelined_s = (time.perf_counter() - t) / steps
-  final_loss = float(one_step()["train/loss"])
-  say(f"  {pipelined_s * 1e3:.1f} ms a step; the augmentation alone ...")
+  train, state = _time_steps(inp, state, steps, warmup, say)
+  say(f"  {train['step_s_pipelined'] * 1e3:.1f} ms a step; the augmentation alone ...")
   augment_s = _augment_time(spec, mesh, steps)
   say("evaluation (compile + run) ...")
-  eval_first_s = _timed(lambda: inp.evaluate(holder["state"])["eval/top1"], 1)[0]
-  est = _stats(_timed(lambda: inp.evaluate(holder["state"])["eval/top1"],
+  eval_first_s = _timed(lambda: inp.evaluate(state)["eval/top1"], 1)[0]
+  est = _stats(_timed(lambda: inp.evaluate(state)["eval/top1"],
                       max(2, eval_steps or min(steps, 10))))
-  epoch = {}
   if steps_per_epoch is None and spec.imagenet is not None:
     steps_per_epoch = max(1, config.imagenet.unlabeled_images // (s.batch_size * s.mu))
+  epoch = {}
   if steps_per_epoch:
     epochs = (config.imagenet.epochs if spec.imagenet is not None
               else spec.loop.total_steps / steps_per_epoch)
-    epoch = {"steps_per_epoch": steps_per_epoch, "epoch_s": pipelined_s * steps_per_epoch,
-             "epochs": epochs, "run_s": pipelined_s * steps_per_epoch * epochs}
+    epoch_s = train["step_s_pipelined"] * steps_per_epoch
+    epoch = {"steps_per_epoch": steps_per_epoch, "epoch_s": epoch_s, "epochs": epochs,
+             "run_s": epoch_s * epochs}
   dev = jax.devices()[0]
   return {
       "device_kind": dev.device_kind, "platform": dev.platform, "device_count": mesh.size,
@@ -205,15 +219,12 @@ def run_benchmark(config, steps: int | None = None, warmup: int | None = None,
       "model": spec.model[0], "dtype": spec.model[2],
       "batch_labeled": s.batch_size, "batch_unlabeled": s.batch_size * s.mu,
       "images_per_step": images, "num_views": s.num_views, "steps": steps, "warmup": warmup,
-      "first_step_s": first_step_s,
-      "step_s_median": st["median"], "step_s_p10": st["p10"], "step_s_p90": st["p90"],
-      "steps_per_s": 1.0 / st["median"], "images_per_s": images / st["median"],
-      "step_s_pipelined": pipelined_s, "steps_per_s_pipelined": 1.0 / pipelined_s,
+      **train, "images_per_s": images / train["step_s_median"],
       "augment_s_median": augment_s,
       "eval_batch": spec.eval_batch_size, "eval_first_s": eval_first_s,
       "eval_s_median": est["median"], "eval_s_p10": est["p10"], "eval_s_p90": est["p90"],
       "eval_images_per_s": spec.eval_batch_size / est["median"],
-      "eval_params": spec.eval_params, "final_loss": final_loss, **epoch,
+      "eval_params": spec.eval_params, **epoch,
   }
 
 

@@ -38,28 +38,20 @@ def train_and_evaluate(config, workdir: str, data: in_memory.SSLData | None = No
 
   Args:
     config: a ConfigDict extending :func:`dlpl_jax.configs.get_base_config`.
-    workdir: run folder: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
-      ``config.json``, ``class_features.npz``, ``features/``, ``summary.json``.
-    data: optional in-memory splits; default reads the config's dataset.
-    stop_at: stop after this step with a checkpoint, as if interrupted (for a job with
-      a time budget, and for the resume test); the schedule still spans total_steps.
-    allow_config_change: resume a stored run although its config differs in keys that
-      change training (recorded in ``config_changes.jsonl``); without it that is an error.
-    restore_step: resume from this checkpoint step instead of the latest; newer
-      checkpoints are moved to ``checkpoints/set_aside/`` (nothing is deleted).
-    allow_cpu: start a run that needs days on a CPU-only host (the command line's
-      default is False; see :func:`dlpl_jax.training.setup.check_devices`).
-    stop: the SIGINT/SIGTERM handler, when the caller installed it earlier (the command
-      line does, so a signal during start-up is handled too); default: installed here.
+    workdir: the run folder (checkpoints, metrics, config.json, summary.json).
+    data: in-memory splits to train on; default: the config's dataset.
+    stop_at: stop after this step with a checkpoint, as if interrupted.
+    allow_config_change: resume a run stored with another config (recorded).
+    restore_step: resume from this checkpoint; newer ones are set aside.
+    allow_cpu: start a run that the CPU guard refuses (``setup.check_devices``).
+    stop: the SIGINT/SIGTERM handler, when the caller installed it; else here.
 
   Returns:
-    The summary dict (also written to ``summary.json``); ``interrupted`` is True when a
-    signal stopped the run early (a checkpoint was saved; re-run to resume).
+    The summary (also ``summary.json``); ``interrupted`` when stopped early.
 
   Raises:
-    UsageError: the config, data or workdir cannot be used as given (nothing trained).
-    NonFiniteLossError: the loss or params became NaN/inf (the last good checkpoint,
-      finite by construction, is kept).
+    UsageError: the config, data or workdir is unusable (nothing trained).
+    NonFiniteLossError: non-finite loss or params (the last good checkpoint is kept).
     RunError: a checkpoint could not be written.
   """
   spec = setup.read(config)
@@ -81,17 +73,9 @@ def train_and_evaluate(config, workdir: str, data: in_memory.SSLData | None = No
     evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
     guard = periodic.NonFiniteGuard(workdir, ckpt, restored, spec.config)
     guard.warn_if_repeating()
-    inp = None
-    if not stopped_in_startup(stop):
-      inp = setup.make_input(spec, mesh, data, step)
-      for line in inp.describe.splitlines():
-        log(line)
-    if inp is None or stopped_in_startup(stop):
-      writer.close()
-      ckpt.close()
-      log(f"{stop.received} received during start-up: nothing was trained; the run in "
-          f"{workdir} is at step {step}. Re-run the same command to start it")
-      return {"step": step, "interrupted": True}
+    inp = None if stopped_in_startup(stop) else setup.make_input(spec, mesh, data, step)
+    if inp is None or stopped_in_startup(stop, inp.describe):
+      return stop_in_startup(stop, step, workdir, writer, ckpt)
 
     loop = spec.loop
     lr = state_lib.learning_rate(spec.optimizer)
@@ -212,12 +196,25 @@ def resume(spec: setup.Spec, workdir: str, checkpoints: str, restored: int | Non
   return metrics_lib.rollback_jsonl(os.path.join(workdir, "metrics.jsonl"), step, log=log)
 
 
-def stopped_in_startup(stop: interrupt.StopSignal) -> bool:
-  """Whether a stop was asked during start-up on any process (all processes agree)."""
+def stopped_in_startup(stop: interrupt.StopSignal, describe: str = "") -> bool:
+  """Whether a stop was asked during start-up on any process (all processes agree);
+  ``describe``: what the input reads, logged first."""
+  for line in describe.splitlines():
+    log(line)
   if periodic.any_process(stop.received is not None):
     stop.received = stop.received or "a stop signal on another process"
     return True
   return False
+
+
+def stop_in_startup(stop: interrupt.StopSignal, step: int, workdir: str,
+                    writer: metrics_lib.MetricWriter, ckpt) -> dict:
+  """Closes the writer and the checkpointer of a run stopped before its first step."""
+  writer.close()
+  ckpt.close()
+  log(f"{stop.received} received during start-up: nothing was trained; the run in "
+      f"{workdir} is at step {step}. Re-run the same command to start it")
+  return {"step": step, "interrupted": True}
 
 
 def log_window(window: periodic.MetricWindow, guard: periodic.NonFiniteGuard, state, lr,

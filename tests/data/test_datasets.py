@@ -19,8 +19,7 @@ def test_known_datasets():
 
 
 def test_tfds_data_dir_follows_tfds(tmp_path, monkeypatch):
-  """The argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (never a folder
-  beside the checkout)."""
+  """The argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets, and nothing else."""
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env"))
   assert datasets.tfds_data_dir(str(tmp_path / "arg")) == str(tmp_path / "arg")
   assert datasets.tfds_data_dir(tmp_path / "arg") == str(tmp_path / "arg")  # a Path

@@ -158,43 +158,9 @@ def _report(runs: Sequence[Run], pngs: list[str], notes: list[str], out_dir: str
   return "\n".join(lines)
 
 
-def analyze(workdirs: Sequence[str], out_dir: str | None = None,
-            last_frac: float = 0.25) -> list[str]:
-  """Writes the PNGs and ``report.md`` for one run or two runs side by side.
-
-  Args:
-    workdirs: one or two run folders.
-    out_dir: output folder; default ``WORKDIR/analysis`` or
-      ``WORKDIR/analysis_vs_<basename of WORKDIR2>``.
-    last_frac: fraction of the eval windows (the last ones, at least one) that panels
-      b-d sum.
-
-  Returns:
-    The written paths (PNGs, then report.md).
-
-  Raises:
-    FileNotFoundError: a workdir does not exist.
-    UsageError: a run's files cannot be read or do not agree (:func:`load_run`), or
-      ``out_dir`` cannot be written (nothing is written).
-    NothingToPlotError: a run has no evaluation yet (nothing is written).
-  """
-  if not 1 <= len(workdirs) <= 2:
-    raise ValueError(f"give one or two workdirs, got {len(workdirs)}")
-  runs = [load_run(w) for w in workdirs]
-  flag = "--out"
-  if out_dir is None:
-    out_dir = os.path.join(workdirs[0], "analysis" if len(runs) == 1 else
-                           "analysis_vs_" + runs[1].name)
-    flag = "the output folder"
-  errors.check_output(out_dir, flag, folder=True)
-  for r in runs:
-    why = nothing_to_plot(r)
-    if why is not None:
-      raise NothingToPlotError(why)
-  os.makedirs(out_dir, exist_ok=True)
-  written: list[str] = []
-  notes: list[str] = []
-  n = len(runs)
+def _notes(runs: Sequence[Run]) -> list[str]:
+  """The report's notes on the runs' feature files and class counts."""
+  notes = []
   for r in runs:
     if _features(r) is None:
       notes.append(f"{r.label}: no usable class_features.npz; the similarity panel (d) "
@@ -202,8 +168,15 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
     elif r.features is not None and "step" in r.features:
       notes.append(f"{r.label}: class-mean features from the eval at step "
                    f"{int(r.features['step'])} (EMA model, test set).")
-  if n == 2 and runs[0].num_classes != runs[1].num_classes:
+  if len(runs) == 2 and runs[0].num_classes != runs[1].num_classes:
     notes.append("the two runs have different numbers of classes.")
+  return notes
+
+
+def _draw(runs: Sequence[Run], out_dir: str, last_frac: float) -> list[str]:
+  """Panels a-d and the curves, one PNG each in ``out_dir``; returns their paths."""
+  written: list[str] = []
+  n = len(runs)
 
   def title(r: Run, what: str) -> str:
     return f"{r.label}\n{what}" if n == 2 else what
@@ -255,8 +228,46 @@ def analyze(workdirs: Sequence[str], out_dir: str | None = None,
   plot_curves(runs, axes[0])
   _save(fig, out_dir, "curves.png", written, runs)
 
+  return written
+
+
+def analyze(workdirs: Sequence[str], out_dir: str | None = None,
+            last_frac: float = 0.25) -> list[str]:
+  """Writes the PNGs and ``report.md`` for one run or two runs side by side.
+
+  Args:
+    workdirs: one or two run folders.
+    out_dir: output folder; default ``WORKDIR/analysis`` or
+      ``WORKDIR/analysis_vs_<basename of WORKDIR2>``.
+    last_frac: fraction of the eval windows (the last ones, at least one) that panels
+      b-d sum.
+
+  Returns:
+    The written paths (PNGs, then report.md).
+
+  Raises:
+    FileNotFoundError: a workdir does not exist.
+    UsageError: a run's files cannot be read or do not agree (:func:`load_run`), or
+      ``out_dir`` cannot be written (nothing is written).
+    NothingToPlotError: a run has no evaluation yet (nothing is written).
+  """
+  if not 1 <= len(workdirs) <= 2:
+    raise ValueError(f"give one or two workdirs, got {len(workdirs)}")
+  runs = [load_run(w) for w in workdirs]
+  flag = "--out"
+  if out_dir is None:
+    out_dir = os.path.join(workdirs[0], "analysis" if len(runs) == 1 else
+                           "analysis_vs_" + runs[1].name)
+    flag = "the output folder"
+  errors.check_output(out_dir, flag, folder=True)
+  for r in runs:
+    why = nothing_to_plot(r)
+    if why is not None:
+      raise NothingToPlotError(why)
+  os.makedirs(out_dir, exist_ok=True)
+  written = _draw(runs, out_dir, last_frac)
   report = os.path.join(out_dir, "report.md")
   with open(report, "w", encoding="utf-8") as f:
-    f.write(_report(runs, list(written), notes, out_dir, last_frac))
+    f.write(_report(runs, list(written), _notes(runs), out_dir, last_frac))
   written.append(report)
   return written
