@@ -168,9 +168,8 @@ def check_devices(spec: Spec, mesh, allow_cpu: bool, log: Callable[[str], None])
   """Refuses batch sizes that the devices do not divide, and, on a CPU, a run that needs
   a GPU/TPU (unless ``allow_cpu``)."""
   s = spec.step
-  for name, value in (("batch_size", s.batch_size), ("batch_size * mu", s.batch_size * s.mu),
-                      ("eval_batch_size", spec.eval_batch_size)):
-    if value % mesh.size:
+  for name, value in (("batch_size", s.batch_size), ("eval_batch_size", spec.eval_batch_size)):
+    if value % mesh.size:  # (then batch_size * mu divides too)
       raise UsageError(f"bad config: {name} = {value} must be divisible by the "
                        f"{mesh.size} devices")
   est = runtime_estimate(spec)
