@@ -311,6 +311,7 @@ class Checkpointer:
     Raises:
       NonFiniteStateError: a floating leaf holds NaN/inf (nothing written).
       CheckpointError: the write failed (one line: step, folder, cause).
+      JaxRuntimeError: with several processes, a barrier failed (another process died).
     """
     step = int(step)
     if step in self.manager.all_steps():
@@ -331,6 +332,8 @@ class Checkpointer:
           force=True)
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      if isinstance(e, jax.errors.JaxRuntimeError) and jax.process_count() > 1:
+        raise  # a failed barrier: another process died, as the command line reports
       raise CheckpointError(f"cannot write checkpoint step {step} to {self.directory}: "
                             f"{_cause(e)}") from None
     return bool(saved)

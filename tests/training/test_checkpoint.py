@@ -204,6 +204,21 @@ def test_failed_save_raises_at_once(tmp_path):
   assert msg.startswith(f"cannot write checkpoint step 6 to {ck.directory}: ")
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_failed_barrier(tmp_path, monkeypatch, processes):
+  """A save whose barrier fails because another process died stays a JaxRuntimeError
+  with several processes (the command line names the other process), and is a
+  one-line CheckpointError with one."""
+  ck = Checkpointer(str(tmp_path), every=1, keep=2)
+  def barrier_fails(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError("INTERNAL: Barrier failed because: task is set to ERROR")
+  monkeypatch.setattr(ck.manager, "save", barrier_fails)
+  monkeypatch.setattr(ckpt_lib.jax, "process_count", lambda: processes)
+  expected = jax.errors.JaxRuntimeError if processes > 1 else CheckpointError
+  with pytest.raises(expected, match="Barrier failed"):
+    ck.save(6, make_state(), force=True)
+
+
 def test_free_space_check(tmp_path, monkeypatch):
   state = make_state()
   assert ckpt_lib.check_writable(str(tmp_path), state) == str(tmp_path / "checkpoints")
