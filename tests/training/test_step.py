@@ -119,6 +119,16 @@ def _apply(variables, images, train):
   return MODEL.apply(variables, images, train=False)
 
 
+def _two_views(state, batch):
+  """The student's float64 logits ``[2, BU, C]`` of the weak and of the strong views of
+  a 2-view batch, from one train-mode pass over the step's concatenated images."""
+  logits, _ = _apply({"params": state.params, "batch_stats": state.batch_stats},
+                     jnp.concatenate([batch["image_l"], *batch["weak"], *batch["strong"]]),
+                     True)
+  z = np.asarray(logits, np.float64)
+  return z[B:B + 2 * BU].reshape(2, BU, -1), z[B + 2 * BU:].reshape(2, BU, -1)
+
+
 # --- each loss term on its own ----------------------------------------------------------
 
 
@@ -414,11 +424,7 @@ def test_two_views_and_cld_in_the_step():
   cfg = _cfg(num_views=2, cld_weight=0.3)
   state, batch = _state(), _batch(2)
   new, m = _jit_step(state, batch, model=MODEL, cfg=cfg)
-  logits, _ = _apply({"params": state.params, "batch_stats": state.batch_stats},
-                     jnp.concatenate([batch["image_l"], *batch["weak"], *batch["strong"]]),
-                     True)
-  z = np.asarray(logits, np.float64)
-  w, s = z[B:B + 2 * BU].reshape(2, BU, -1), z[B + 2 * BU:].reshape(2, BU, -1)
+  w, s = _two_views(state, batch)
   loss_u, qhat, _ = ref.multiview(w, s, np.full(C, 1 / C), cfg.tau, cfg.threshold,
                                   cfg.marginal_momentum)
   np.testing.assert_allclose(float(m["train/loss_u"]), loss_u, rtol=1e-4)
@@ -434,11 +440,7 @@ def test_clip_fallback_in_the_step_averages_the_unlabeled_losses():
   cfg = _cfg(num_views=2, clip_fallback=0.3, threshold=0.95)
   state, batch = _state(), _batch(2, seed=3, clip=True)
   _, m = _jit_step(state, batch, model=MODEL, cfg=cfg)
-  logits, _ = _apply({"params": state.params, "batch_stats": state.batch_stats},
-                     jnp.concatenate([batch["image_l"], *batch["weak"], *batch["strong"]]),
-                     True)
-  z = np.asarray(logits, np.float64)
-  w, s = z[B:B + 2 * BU].reshape(2, BU, -1), z[B + 2 * BU:].reshape(2, BU, -1)
+  w, s = _two_views(state, batch)
   marginal = np.full(C, 1 / C)
   loss_u, qhat, _ = ref.multiview(w, s, marginal, cfg.tau, cfg.threshold,
                                   cfg.marginal_momentum)
